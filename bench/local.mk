@@ -1,0 +1,10 @@
+# SPDX-License-Identifier: MIT
+# Benchmarks: never part of `make check`; `make bench` runs them all.
+bench_scripts =
+EXTRA_DIST += $(bench_scripts)
+bench: all
+	@for b in $(bench_scripts); do \
+	  echo "== $$b"; NESA_BINDIR='$(abs_top_builddir)/tools' NESA_BUILDDIR='$(abs_top_builddir)' \
+	    NESA_SRCDIR='$(abs_top_srcdir)' $(SHELL) $(srcdir)/$$b || exit 1; \
+	done
+.PHONY: bench

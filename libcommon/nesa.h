@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Umbrella header for the tools: everything libcommon offers.
+ */
+#ifndef NESA_H
+#define NESA_H
+
+#include "alloc.h"
+#include "cli.h"
+#include "dtype.h"
+#include "err.h"
+#include "linalg.h"
+#include "log.h"
+#include "quant.h"
+#include "tensor.h"
+#include "version.h"
+#include "xio.h"
+
+#endif

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: MIT
+# Unit tests (cmocka, TAP output) and shell tests of the tools.
+
+# Reference data is never copied into the project: --with-data at configure
+# time, NESA_DATA at test time, ../shared/data beside the sources otherwise.
+AM_TESTS_ENVIRONMENT = \
+	NESA_BINDIR='$(abs_top_builddir)/tools'; export NESA_BINDIR; \
+	NESA_BUILDDIR='$(abs_top_builddir)'; export NESA_BUILDDIR; \
+	NESA_SRCDIR='$(abs_top_srcdir)'; export NESA_SRCDIR; \
+	NESA_TEST_DATA='$(abs_top_srcdir)/tests/data'; export NESA_TEST_DATA; \
+	NESA_MODELS='$(abs_top_srcdir)/share/models'; export NESA_MODELS; \
+	NESA_MANDIR='$(abs_top_srcdir)/man'; export NESA_MANDIR; \
+	SSHD='$(SSHD)'; export SSHD; \
+	: $${NESA_DATA:=$${NESA_DATA_DIR:-$(NESA_DATA_DIR)}}; \
+	test -n "$$NESA_DATA" || NESA_DATA='$(abs_top_srcdir)/../shared/data'; export NESA_DATA; \
+	CMOCKA_MESSAGE_OUTPUT=TAP; export CMOCKA_MESSAGE_OUTPUT;
+
+TEST_EXTENSIONS = .sh
+LOG_DRIVER = env AM_TAP_AWK='$(AWK)' $(SHELL) $(top_srcdir)/build-aux/tap-driver.sh
+SH_LOG_COMPILER = $(SHELL)
+
+AM_DISTCHECK_CONFIGURE_FLAGS = --with-data='$(abs_top_srcdir)/../shared/data'
+
+if HAVE_CMOCKA
+UNIT_TESTS = \
+	tests/unit/test-err \
+	tests/unit/test-dtype \
+	tests/unit/test-tensor \
+	tests/unit/test-xio
+check_PROGRAMS += $(UNIT_TESTS)
+TESTS += $(UNIT_TESTS)
+UNIT_LDADD = $(NESA_LIBS) $(CMOCKA_LIBS)
+UNIT_CPPFLAGS = $(AM_CPPFLAGS) $(CMOCKA_CFLAGS)
+tests_unit_test_err_LDADD = $(UNIT_LDADD)
+tests_unit_test_err_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_dtype_LDADD = $(UNIT_LDADD)
+tests_unit_test_dtype_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_tensor_LDADD = $(UNIT_LDADD)
+tests_unit_test_tensor_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_xio_LDADD = $(UNIT_LDADD)
+tests_unit_test_xio_CPPFLAGS = $(UNIT_CPPFLAGS)
+endif
+
+CLI_TESTS = \
+	tests/cli/common-help-version.sh \
+	tests/cli/common-usage-errors.sh \
+	tests/cli/common-synopsis.sh
+TESTS += $(CLI_TESTS)
+EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h
