@@ -29,6 +29,9 @@ enum nesa_dtype {
 	NESA_DTYPE_MAX = 64, /* ids are < NESA_DTYPE_MAX */
 };
 
+/* No block type holds more elements than this. */
+#define NESA_MAX_BLOCK 4096
+
 enum {
 	NESA_DTYPE_FLOAT = 1 << 0, /* a plain floating-point type */
 	NESA_DTYPE_INT = 1 << 1,   /* a plain integer type */

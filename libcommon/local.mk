@@ -4,14 +4,31 @@ noinst_LTLIBRARIES += libcommon/libnesacommon.la
 
 libcommon_libnesacommon_la_SOURCES = \
 	libcommon/alloc.c libcommon/alloc.h \
+	libcommon/arch.c libcommon/arch.h \
+	libcommon/chain.c libcommon/chain.h \
 	libcommon/cli.c libcommon/cli.h \
+	libcommon/data.c libcommon/data.h \
 	libcommon/dtype.c libcommon/dtype.h \
 	libcommon/err.c libcommon/err.h \
+	libcommon/eval.c libcommon/eval.h \
+	libcommon/exec.c libcommon/exec.h \
+	libcommon/gguf.c libcommon/gguf.h \
+	libcommon/graph.c libcommon/graph.h \
+	libcommon/import.c libcommon/import.h \
 	libcommon/linalg.c libcommon/linalg.h \
+	libcommon/llama2c.c libcommon/llama2c.h \
 	libcommon/log.c libcommon/log.h \
+	libcommon/model.c libcommon/model.h \
 	libcommon/nesa.h \
+	libcommon/npy.c libcommon/npy.h \
+	libcommon/ops.c libcommon/ops.h \
 	libcommon/quant.c libcommon/quant.h \
+	libcommon/safetensors.c libcommon/safetensors.h \
+	libcommon/sample.c libcommon/sample.h \
+	libcommon/shard.c libcommon/shard.h \
+	libcommon/stream.c libcommon/stream.h \
 	libcommon/tensor.c libcommon/tensor.h \
+	libcommon/tokenizer.c libcommon/tokenizer.h \
 	libcommon/version.h \
 	libcommon/xio.c libcommon/xio.h
 libcommon_libnesacommon_la_CPPFLAGS = $(AM_CPPFLAGS) $(BLAS_CFLAGS) $(LAPACKE_CFLAGS) \

@@ -248,6 +248,50 @@ grow(void **arr, size_t *cap, size_t need, size_t elem)
 	return true;
 }
 
+static uint64_t
+name_hash(const char *name)
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+
+	while (*name != '\0')
+		h = (h ^ (unsigned char)*name++) * 0x100000001b3ull;
+	return h;
+}
+
+/* Slot of name in the index: where it is, or the empty slot where it would go. */
+static size_t
+index_slot(const struct nesa_tset *ts, const char *name)
+{
+	size_t mask = ts->index_cap - 1, i = (size_t)name_hash(name) & mask;
+
+	while (ts->index[i] != 0 && strcmp(ts->items[ts->index[i] - 1].name, name) != 0)
+		i = (i + 1) & mask;
+	return i;
+}
+
+/* Makes room for one more name, rehashing when the table would pass half full. */
+static bool
+index_grow(struct nesa_tset *ts)
+{
+	size_t cap = ts->index_cap ? ts->index_cap : 32, i, *old = ts->index, old_cap = ts->index_cap;
+
+	if (2 * (ts->n + 1) <= ts->index_cap)
+		return true;
+	while (2 * (ts->n + 1) > cap)
+		cap *= 2;
+	ts->index = nesa_calloc(cap, sizeof *ts->index);
+	if (ts->index == NULL) {
+		ts->index = old;
+		return false;
+	}
+	ts->index_cap = cap;
+	for (i = 0; i < old_cap; i++)
+		if (old[i] != 0)
+			ts->index[index_slot(ts, ts->items[old[i] - 1].name)] = old[i];
+	nesa_free(old);
+	return true;
+}
+
 enum nesa_status
 nesa_tset_add(struct nesa_tset *ts, const char *name, int dtype, int ndim, const int64_t *shape,
               void *data, struct nesa_tensor **out, struct nesa_err *err)
@@ -263,12 +307,12 @@ nesa_tset_add(struct nesa_tset *ts, const char *name, int dtype, int ndim, const
 	s = nesa_tensor_init(&t, dtype, ndim, shape, err);
 	if (s != NESA_OK)
 		return s;
-	if (!grow((void **)&ts->items, &ts->cap, ts->n + 1, sizeof *ts->items) ||
+	if (!grow((void **)&ts->items, &ts->cap, ts->n + 1, sizeof *ts->items) || !index_grow(ts) ||
 	    (t.name = nesa_strdup(name)) == NULL)
 		return nesa_err_set(err, NESA_ENOMEM, "cannot add tensor '%s': out of memory", name);
 	t.data = data;
 	ts->items[ts->n++] = t;
-	ts->index_valid = false;
+	ts->index[index_slot(ts, name)] = ts->n;
 	if (out != NULL)
 		*out = &ts->items[ts->n - 1];
 	return NESA_OK;
@@ -326,55 +370,13 @@ nesa_tset_alloc(struct nesa_tset *ts, const char *name, int dtype, int ndim, con
 	return NESA_OK;
 }
 
-static int
-cmp_index(const void *a, const void *b, void *ctx)
-{
-	const struct nesa_tset *ts = ctx;
-
-	return strcmp(ts->items[*(const size_t *)a].name, ts->items[*(const size_t *)b].name);
-}
-
 struct nesa_tensor *
 nesa_tset_find(struct nesa_tset *ts, const char *name)
 {
-	size_t lo, hi, i;
+	size_t i;
 
-	if (ts->n == 0 || name == NULL)
+	if (ts->index_cap == 0 || name == NULL)
 		return NULL;
-	if (ts->n < 16) {
-		for (i = 0; i < ts->n; i++)
-			if (strcmp(ts->items[i].name, name) == 0)
-				return &ts->items[i];
-		return NULL;
-	}
-	if (!ts->index_valid) {
-		size_t *idx = nesa_realloc(ts->index, ts->n * sizeof *idx);
-
-		if (idx == NULL) {
-			/* Still correct without the index, only slower. */
-			for (i = 0; i < ts->n; i++)
-				if (strcmp(ts->items[i].name, name) == 0)
-					return &ts->items[i];
-			return NULL;
-		}
-		for (i = 0; i < ts->n; i++)
-			idx[i] = i;
-		qsort_r(idx, ts->n, sizeof *idx, cmp_index, ts);
-		ts->index = idx;
-		ts->index_valid = true;
-	}
-	lo = 0;
-	hi = ts->n;
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		int c = strcmp(ts->items[ts->index[mid]].name, name);
-
-		if (c == 0)
-			return &ts->items[ts->index[mid]];
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return NULL;
+	i = index_slot(ts, name);
+	return ts->index[i] != 0 ? &ts->items[ts->index[i] - 1] : NULL;
 }

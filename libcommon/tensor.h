@@ -105,9 +105,9 @@ struct nesa_tset {
 	size_t n_allocs, cap_allocs;
 	struct nesa_map *maps;     /* (n_maps) file mappings */
 	size_t n_maps, cap_maps;
-	/* Sorted index over items for lookup by name, rebuilt lazily. */
+	/* Open-addressing hash index over item names: slot holds item + 1, 0 = empty. */
 	size_t *index;
-	bool index_valid;
+	size_t index_cap; /* a power of two, at least twice n */
 };
 
 void nesa_tset_init(struct nesa_tset *ts);

@@ -127,13 +127,17 @@ nesa_out_open(struct nesa_out *o, const char *path, unsigned flags, struct nesa_
 			return nesa_err_set(err, NESA_ECREATE, "cannot create '%s': file exists (use -f to overwrite)", path);
 		/* Devices and fifos are written in place: rename would replace them. */
 		if (!S_ISREG(st.st_mode)) {
+			o->path = nesa_strdup(path);
+			if (o->path == NULL)
+				return nesa_err_set(err, NESA_ENOMEM, "cannot open '%s': out of memory", path);
 			o->fd = open(path, O_WRONLY);
-			if (o->fd < 0)
-				return nesa_err_sys(err, NESA_ECREATE, "cannot open '%s'", path);
-			o->fp = fdopen(o->fd, "wb");
-			if (o->fp == NULL) {
-				close(o->fd);
-				return nesa_err_sys(err, NESA_ECREATE, "cannot open '%s'", path);
+			if (o->fd < 0 || (o->fp = fdopen(o->fd, "wb")) == NULL) {
+				enum nesa_status s = nesa_err_sys(err, NESA_ECREATE, "cannot open '%s'", path);
+
+				if (o->fd >= 0)
+					close(o->fd);
+				out_release(o);
+				return s;
 			}
 			return NESA_OK;
 		}

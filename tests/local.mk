@@ -17,6 +17,7 @@ AM_TESTS_ENVIRONMENT = \
 
 TEST_EXTENSIONS = .sh
 LOG_DRIVER = env AM_TAP_AWK='$(AWK)' $(SHELL) $(top_srcdir)/build-aux/tap-driver.sh
+LOG_COMPILER = $(SHELL) $(top_srcdir)/tests/unit/cmocka-tap.sh
 SH_LOG_COMPILER = $(SHELL)
 
 AM_DISTCHECK_CONFIGURE_FLAGS = --with-data='$(abs_top_srcdir)/../shared/data'
@@ -26,7 +27,17 @@ UNIT_TESTS = \
 	tests/unit/test-err \
 	tests/unit/test-dtype \
 	tests/unit/test-tensor \
-	tests/unit/test-xio
+	tests/unit/test-xio \
+	tests/unit/test-shard \
+	tests/unit/test-stream \
+	tests/unit/test-npy \
+	tests/unit/test-tokenizer \
+	tests/unit/test-gguf \
+	tests/unit/test-safetensors \
+	tests/unit/test-llama2c \
+	tests/unit/test-quant \
+	tests/unit/test-ops \
+	tests/unit/test-exec
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_LDADD = $(NESA_LIBS) $(CMOCKA_LIBS)
@@ -39,6 +50,26 @@ tests_unit_test_tensor_LDADD = $(UNIT_LDADD)
 tests_unit_test_tensor_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_xio_LDADD = $(UNIT_LDADD)
 tests_unit_test_xio_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_shard_LDADD = $(UNIT_LDADD)
+tests_unit_test_shard_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_stream_LDADD = $(UNIT_LDADD)
+tests_unit_test_stream_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_npy_LDADD = $(UNIT_LDADD)
+tests_unit_test_npy_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_tokenizer_LDADD = $(UNIT_LDADD)
+tests_unit_test_tokenizer_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_gguf_LDADD = $(UNIT_LDADD)
+tests_unit_test_gguf_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_safetensors_LDADD = $(UNIT_LDADD)
+tests_unit_test_safetensors_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_llama2c_LDADD = $(UNIT_LDADD)
+tests_unit_test_llama2c_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_quant_LDADD = $(UNIT_LDADD)
+tests_unit_test_quant_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_ops_LDADD = $(UNIT_LDADD)
+tests_unit_test_ops_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_exec_LDADD = $(UNIT_LDADD)
+tests_unit_test_exec_CPPFLAGS = $(UNIT_CPPFLAGS)
 endif
 
 CLI_TESTS = \
@@ -46,4 +77,5 @@ CLI_TESTS = \
 	tests/cli/common-usage-errors.sh \
 	tests/cli/common-synopsis.sh
 TESTS += $(CLI_TESTS)
-EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h
+EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
+	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README

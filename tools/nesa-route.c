@@ -1,42 +1,307 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * nesa-route: drive a chain of stages: generate text, evaluate, classify.
- *
- * Not implemented yet: the tool accepts the standard options and says so,
- * exiting with status 1, so that scripts written against it fail loudly.
+ * nesa-route: the client.  Loads a model (or, with stages, drives a chain
+ * of them) and generates text, measures perplexity or classifies images.
+ * Everything numeric lives in libcommon (eval.h); this file parses options
+ * and prints results.
  */
 #include "config.h"
 
 #include <getopt.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "chain.h"
+#include "eval.h"
+#include "model.h"
 #include "nesa.h"
 
 static const struct nesa_tool tool = {
 	.name = "nesa-route",
-	.purpose = "drive a chain of stages: generate text, evaluate, classify",
-	.synopsis = "[-fqv] [-i input] [-o output] [-s seed] [-t threads] [input]",
-	.options = "",
+	.purpose = "generate text, measure perplexity or classify images with a model",
+	.synopsis =
+		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--ignore-eos] [--tokenizer file] -m model\n"
+		"[-fqv] [-o output] [-t threads] [--bytes n] [--context n] [--format fmt] [--window n] -m model --perplexity text\n"
+		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] -m model --classify images labels",
+	.options =
+		"  -m, --model=MODEL         the model: a shard archive, GGUF, llama2.c checkpoint,\n"
+		"                            Hugging Face directory or graph file\n"
+		"  -p, --prompt=TEXT         text to continue (default: empty)\n"
+		"  -l, --tokens=N            new tokens to generate (default 256)\n"
+		"  -T, --temperature=T       sampling temperature; 0 is greedy (default 0)\n"
+		"  -P, --top-p=P             nucleus sampling threshold (default 1)\n"
+		"      --batch=N             generate N independent samples together\n"
+		"      --context=N           context length to use instead of the model's\n"
+		"      --ignore-eos          do not stop at an end-of-text token\n"
+		"      --tokenizer=FILE      tokenizer of a llama2.c checkpoint\n"
+		"      --perplexity=TEXT     perplexity of a UTF-8 text file\n"
+		"      --window=N            perplexity window in tokens (default: context, <= 512)\n"
+		"      --bytes=N             score only the first N bytes of the text\n"
+		"      --classify            top-1 accuracy on IMAGES and LABELS operands\n"
+		"      --layout=nchw|nhwc    pixel order of raw and .npy images (default nchw)\n"
+		"      --limit=N             classify only the first N images\n"
+		"      --format=text|json    result format for --perplexity and --classify\n",
 	.std_opts = "iofstvqhV",
 };
+
+enum {
+	OPT_BATCH = NESA_CLI_LONGONLY_BASE,
+	OPT_BYTES,
+	OPT_CLASSIFY,
+	OPT_CONTEXT,
+	OPT_FORMAT,
+	OPT_IGNORE_EOS,
+	OPT_LAYOUT,
+	OPT_LIMIT,
+	OPT_PERPLEXITY,
+	OPT_TOKENIZER,
+	OPT_WINDOW,
+};
+
+enum mode { MODE_GENERATE, MODE_PERPLEXITY, MODE_CLASSIFY };
+
+struct emit_ctx {
+	struct nesa_out *out;
+	int batch;
+	char **texts;  /* (batch) collected texts when batch > 1 */
+	size_t *lens;
+	struct nesa_err *err;
+};
+
+static enum nesa_status
+emit(void *ctx, int index, const char *bytes, size_t n)
+{
+	struct emit_ctx *c = ctx;
+	char *t;
+
+	if (c->batch == 1) {
+		enum nesa_status s = nesa_out_write(c->out, bytes, n, c->err);
+
+		if (s == NESA_OK && c->out->is_std)
+			fflush(stdout); /* stream tokens as they come */
+		return s;
+	}
+	t = nesa_realloc(c->texts[index], c->lens[index] + n + 1);
+	if (t == NULL)
+		return nesa_err_set(c->err, NESA_ENOMEM, "out of memory");
+	memcpy(t + c->lens[index], bytes, n);
+	c->lens[index] += n;
+	c->texts[index] = t;
+	return NESA_OK;
+}
 
 int
 main(int argc, char **argv)
 {
-	static const struct option longopts[] = {NESA_CLI_LONGOPTS, {NULL, 0, NULL, 0}};
+	static const struct option longopts[] = {
+		NESA_CLI_LONGOPTS,
+		{"model", required_argument, NULL, 'm'},
+		{"prompt", required_argument, NULL, 'p'},
+		{"tokens", required_argument, NULL, 'l'},
+		{"temperature", required_argument, NULL, 'T'},
+		{"top-p", required_argument, NULL, 'P'},
+		{"batch", required_argument, NULL, OPT_BATCH},
+		{"bytes", required_argument, NULL, OPT_BYTES},
+		{"classify", no_argument, NULL, OPT_CLASSIFY},
+		{"context", required_argument, NULL, OPT_CONTEXT},
+		{"format", required_argument, NULL, OPT_FORMAT},
+		{"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
+		{"layout", required_argument, NULL, OPT_LAYOUT},
+		{"limit", required_argument, NULL, OPT_LIMIT},
+		{"perplexity", required_argument, NULL, OPT_PERPLEXITY},
+		{"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+		{"window", required_argument, NULL, OPT_WINDOW},
+		{NULL, 0, NULL, 0},
+	};
 	struct nesa_cli_opts opts;
+	struct nesa_gen_opts gen = {.n_tokens = 256, .top_p = 1.0f, .n_sessions = 1};
+	struct nesa_ppl_opts ppl = {0};
+	struct nesa_model_opts mopts = {0};
+	struct nesa_model *model = NULL;
+	struct nesa_chain *chain = NULL;
+	struct nesa_out out;
 	struct nesa_err err;
-	int c, code;
+	enum mode mode = MODE_GENERATE;
+	enum nesa_layout layout = NESA_LAYOUT_NCHW;
+	const char *model_path = NULL, *ppl_path = NULL, *prompt_buf = NULL;
+	char *file_prompt = NULL;
+	int json = 0, c, code, i;
+	int64_t v, limit = 0;
+	double d;
+	enum nesa_status s;
 
-	/* Program name and defaults first: every later message uses them. */
+	/* Program name and defaults first: every message below uses them. */
 	nesa_cli_init(&opts, &tool, argc, argv);
-	while ((c = getopt_long(argc, argv, NESA_CLI_SHORTOPTS, longopts, NULL)) != -1) {
-		if (nesa_cli_std(&opts, c, optarg, &code) == NESA_CLI_EXIT)
-			return code;
+	nesa_err_clear(&err);
+	nesa_out_init(&out);
+	while ((c = getopt_long(argc, argv, NESA_CLI_SHORTOPTS "m:p:l:T:P:", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'm': model_path = optarg; break;
+		case 'p': prompt_buf = optarg; break;
+		case 'l':
+			if (!nesa_cli_parse_i64(&tool, "-l", optarg, 0, 1 << 30, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.n_tokens = (int)v;
+			break;
+		case 'T':
+			if (!nesa_cli_parse_double(&tool, "-T", optarg, 0, 100, &d))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.temperature = (float)d;
+			break;
+		case 'P':
+			if (!nesa_cli_parse_double(&tool, "-P", optarg, 1e-6, 1, &d))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.top_p = (float)d;
+			break;
+		case OPT_BATCH:
+			if (!nesa_cli_parse_i64(&tool, "--batch", optarg, 1, 4096, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.n_sessions = (int)v;
+			break;
+		case OPT_BYTES:
+			if (!nesa_cli_parse_i64(&tool, "--bytes", optarg, 1, INT64_MAX, &ppl.max_bytes))
+				return nesa_exit_code(NESA_EUSAGE);
+			break;
+		case OPT_CLASSIFY: mode = MODE_CLASSIFY; break;
+		case OPT_CONTEXT:
+			if (!nesa_cli_parse_i64(&tool, "--context", optarg, 1, 1 << 24, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			mopts.context = (int)v;
+			break;
+		case OPT_FORMAT:
+			if (strcmp(optarg, "json") != 0 && strcmp(optarg, "text") != 0)
+				return nesa_usage_error(&tool, "invalid value '%s' for --format: expected text or json", optarg);
+			json = strcmp(optarg, "json") == 0;
+			break;
+		case OPT_IGNORE_EOS: gen.ignore_eos = true; break;
+		case OPT_LAYOUT:
+			if (strcmp(optarg, "nchw") != 0 && strcmp(optarg, "nhwc") != 0)
+				return nesa_usage_error(&tool, "invalid value '%s' for --layout: expected nchw or nhwc", optarg);
+			layout = strcmp(optarg, "nhwc") == 0 ? NESA_LAYOUT_NHWC : NESA_LAYOUT_NCHW;
+			break;
+		case OPT_LIMIT:
+			if (!nesa_cli_parse_i64(&tool, "--limit", optarg, 1, INT64_MAX, &limit))
+				return nesa_exit_code(NESA_EUSAGE);
+			break;
+		case OPT_PERPLEXITY: mode = MODE_PERPLEXITY; ppl_path = optarg; break;
+		case OPT_TOKENIZER: mopts.tokenizer = optarg; break;
+		case OPT_WINDOW:
+			if (!nesa_cli_parse_i64(&tool, "--window", optarg, 2, 1 << 24, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			ppl.window = (int)v;
+			break;
+		default:
+			if (nesa_cli_std(&opts, c, optarg, &code) == NESA_CLI_EXIT)
+				return code;
+		}
 	}
-	if (argc - optind > 1)
-		return nesa_usage_error(&tool, "too many operands");
+	/* Validate the combination before touching any file. */
+	if (model_path == NULL)
+		return nesa_usage_error(&tool, "a model is required (-m MODEL)");
+	if (mode == MODE_CLASSIFY && argc - optind != 2)
+		return nesa_usage_error(&tool, "--classify needs two operands: IMAGES LABELS");
+	if (mode != MODE_CLASSIFY && argc - optind != 0)
+		return nesa_usage_error(&tool, "unexpected operand '%s'", argv[optind]);
+	if (prompt_buf != NULL && opts.input != NULL)
+		return nesa_usage_error(&tool, "give the prompt with -p or -i, not both");
 	nesa_cli_apply(&opts);
-	nesa_err_set(&err, NESA_ENOTIMPL, "the pipeline client is not implemented yet in this version of nesa");
-	return nesa_exit(err.status, &err);
+	nesa_xio_install_cleanup();
+	gen.seed = opts.seed;
+	gen.session_base = 1;
+
+	if (opts.input != NULL) {
+		size_t len;
+
+		s = nesa_read_file(opts.input, 1 << 24, &file_prompt, &len, &err);
+		if (s != NESA_OK)
+			goto done;
+		prompt_buf = file_prompt;
+	}
+	gen.prompt = prompt_buf;
+	s = nesa_model_load(model_path, &mopts, &model, &err);
+	if (s == NESA_OK)
+		s = nesa_chain_local(model, NULL, &chain, &err);
+	if (s == NESA_OK)
+		s = nesa_out_open(&out, opts.output != NULL ? opts.output : "-", opts.force ? NESA_OUT_FORCE : 0, &err);
+	if (s != NESA_OK)
+		goto done;
+	if (mode != MODE_CLASSIFY && model->tok == NULL) {
+		s = nesa_err_set(&err, NESA_EINVAL, "'%s' has no tokenizer (give --tokenizer FILE)", model_path);
+		goto done;
+	}
+	if (mode == MODE_GENERATE) {
+		struct nesa_gen_stats st;
+		struct emit_ctx ec = {&out, gen.n_sessions, NULL, NULL, &err};
+
+		ec.texts = nesa_calloc((size_t)gen.n_sessions, sizeof *ec.texts);
+		ec.lens = nesa_calloc((size_t)gen.n_sessions, sizeof *ec.lens);
+		if (ec.texts == NULL || ec.lens == NULL)
+			s = nesa_err_set(&err, NESA_ENOMEM, "out of memory");
+		else
+			s = nesa_generate(chain, model->tok, &gen, emit, &ec, &st, &err);
+		for (i = 0; i < gen.n_sessions && ec.texts != NULL; i++) {
+			if (s == NESA_OK && gen.n_sessions > 1)
+				s = nesa_out_write(&out, ec.texts[i], ec.lens[i], &err);
+			if (s == NESA_OK && (gen.n_sessions > 1 || st.generated > 0))
+				s = nesa_out_write(&out, "\n", 1, &err);
+			nesa_free(ec.texts[i]);
+		}
+		nesa_free(ec.texts);
+		nesa_free(ec.lens);
+		if (s == NESA_OK)
+			nesa_log(NESA_LOG_INFO, "%lld prompt tokens, %lld generated: prefill %.1f tokens/s, decode %.1f tokens/s",
+			         (long long)st.prompt_tokens, (long long)st.generated,
+			         st.prefill_s > 0 ? (double)st.prompt_tokens * gen.n_sessions / st.prefill_s : 0.0,
+			         st.decode_s > 0 ? (double)st.generated / st.decode_s : 0.0);
+	} else if (mode == MODE_PERPLEXITY) {
+		struct nesa_ppl_result r;
+		char *text = NULL, line[512];
+		size_t len;
+
+		s = nesa_read_file(ppl_path, (size_t)1 << 31, &text, &len, &err);
+		if (s == NESA_OK)
+			s = nesa_perplexity(chain, model->tok, text, len, &ppl, &r, &err);
+		nesa_free(text);
+		if (s == NESA_OK) {
+			if (json)
+				snprintf(line, sizeof line, "{\"mode\": \"perplexity\", \"model\": \"%s\", \"tokens\": %lld, \"scored\": %lld, \"windows\": %lld, \"nll\": %.6f, \"ppl\": %.6f}\n",
+				         model->name, (long long)r.tokens, (long long)r.scored, (long long)r.windows, r.nll, r.ppl);
+			else
+				snprintf(line, sizeof line, "perplexity %.4f (mean NLL %.4f nats over %lld tokens in %lld windows)\n",
+				         r.ppl, r.nll, (long long)r.scored, (long long)r.windows);
+			s = nesa_out_write(&out, line, strlen(line), &err);
+		}
+	} else {
+		struct nesa_dataset ds;
+		struct nesa_cls_result r;
+		char line[512];
+
+		s = nesa_dataset_load(argv[optind], argv[optind + 1], chain->in_shape, layout, limit, &ds, &err);
+		if (s == NESA_OK && chain->in_ndim != 3)
+			s = nesa_err_set(&err, NESA_EINVAL, "'%s' does not take images", model_path);
+		if (s == NESA_OK)
+			s = nesa_classify(chain, &ds, 0, &r, &err);
+		nesa_dataset_release(&ds);
+		if (s == NESA_OK) {
+			if (json)
+				snprintf(line, sizeof line, "{\"mode\": \"classify\", \"model\": \"%s\", \"images\": %lld, \"correct\": %lld, \"accuracy\": %.4f}\n",
+				         model->name, (long long)r.n, (long long)r.correct, 100.0 * (double)r.correct / (double)r.n);
+			else
+				snprintf(line, sizeof line, "top-1 accuracy %.2f%% (%lld of %lld)\n",
+				         100.0 * (double)r.correct / (double)r.n, (long long)r.correct, (long long)r.n);
+			s = nesa_out_write(&out, line, strlen(line), &err);
+		}
+	}
+done:
+	if (s == NESA_OK)
+		s = nesa_out_commit(&out, &err);
+	else
+		nesa_out_abort(&out);
+	/* Release in reverse order of creation. */
+	nesa_chain_free(chain);
+	nesa_model_free(model);
+	nesa_free(file_prompt);
+	return nesa_exit(s, &err);
 }

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A chain of stages that together run a whole model, seen from the client:
+ * rows in, the last block's output rows out.  The local backend runs every
+ * block in this process; the pipeline backend (pipeline.h) sends frames
+ * through stage processes or TCP peers.  generate, perplexity and classify
+ * (eval.h) are written once against this interface, which is why a model
+ * split across machines gives exactly what it gives in one process.
+ */
+#ifndef NESA_CHAIN_H
+#define NESA_CHAIN_H
+
+#include <stdint.h>
+
+#include "err.h"
+#include "exec.h"
+#include "model.h"
+
+struct nesa_chain_ops {
+	/*
+	 * Runs a batch: in holds the rows of the model input (int32 token ids
+	 * or f32 rows of in_elems); on success *out points to *out_rows rows of
+	 * out_elems floats, valid until the next call.
+	 */
+	enum nesa_status (*run)(void *impl, const struct nesa_seg *segs, int n_segs, const void *in,
+	                        const float **out, int64_t *out_rows, struct nesa_err *err);
+	void (*end)(void *impl, uint64_t session);
+	void (*free)(void *impl);
+};
+
+struct nesa_chain {
+	const struct nesa_chain_ops *ops;
+	void *impl;
+	int in_dtype;          /* NESA_I32 (token ids, one per row) or NESA_F32 */
+	int64_t in_shape[3];   /* per-row input shape (f32) */
+	int in_ndim;
+	int64_t in_elems;      /* elements per input row */
+	int64_t out_elems;     /* floats per output row (vocabulary, classes) */
+	int max_positions;     /* context length, 0 = unlimited */
+};
+
+/*
+ * A chain running every block of m in this process (m is borrowed and must
+ * outlive the chain).  NESA_EINVAL when m holds only a slice of its model.
+ */
+enum nesa_status nesa_chain_local(struct nesa_model *m, const struct nesa_exec_opts *opts,
+                                  struct nesa_chain **out, struct nesa_err *err);
+
+static inline enum nesa_status
+nesa_chain_run(struct nesa_chain *c, const struct nesa_seg *segs, int n_segs, const void *in,
+               const float **out, int64_t *out_rows, struct nesa_err *err)
+{
+	return c->ops->run(c->impl, segs, n_segs, in, out, out_rows, err);
+}
+
+static inline void
+nesa_chain_end(struct nesa_chain *c, uint64_t session)
+{
+	c->ops->end(c->impl, session);
+}
+
+void nesa_chain_free(struct nesa_chain *c);
+
+#endif

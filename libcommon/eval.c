@@ -1,0 +1,347 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Generation, perplexity and classification over a chain; see eval.h.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "eval.h"
+#include "log.h"
+#include "sample.h"
+
+/* Per-session generation state. */
+struct gen {
+	struct nesa_sampler sampler;
+	int32_t last;     /* last token fed */
+	uint32_t pos;     /* positions fed so far */
+	int produced;     /* new tokens so far */
+	bool done;
+};
+
+static enum nesa_status
+emit_token(const struct nesa_tokenizer *tok, int32_t prev, int32_t id, nesa_text_fn emit, void *ctx,
+           int index, struct nesa_err *err)
+{
+	const char *text;
+	size_t n;
+	enum nesa_status s;
+
+	s = nesa_tokenizer_decode_token(tok, prev, id, 0, &text, &n, err);
+	if (s != NESA_OK || n == 0)
+		return s;
+	return emit(ctx, index, text, n);
+}
+
+enum nesa_status
+nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const struct nesa_gen_opts *o,
+              nesa_text_fn emit, void *ctx, struct nesa_gen_stats *st, struct nesa_err *err)
+{
+	const int ns = o->n_sessions > 0 ? o->n_sessions : 1;
+	const int32_t bos = nesa_tokenizer_bos(tok), eos = nesa_tokenizer_eos(tok);
+	struct gen *g = NULL;
+	struct nesa_seg *segs = NULL;
+	int32_t *ids = NULL, *in = NULL;
+	size_t n_ids = 0;
+	const float *out;
+	float *logits = NULL;
+	int64_t rows;
+	double t0;
+	int i, k, active;
+	size_t j;
+	enum nesa_status s;
+
+	memset(st, 0, sizeof *st);
+	if (c->in_dtype != NESA_I32)
+		return nesa_err_set(err, NESA_EINVAL, "the model does not take token ids: it cannot generate text");
+	if (nesa_tokenizer_vocab_size(tok) > c->out_elems)
+		return nesa_err_set(err, NESA_EINVAL, "the tokenizer has %d tokens but the model scores %lld",
+		                    nesa_tokenizer_vocab_size(tok), (long long)c->out_elems);
+	s = nesa_tokenizer_encode(tok, o->prompt != NULL ? o->prompt : "",
+	                          o->prompt != NULL ? strlen(o->prompt) : 0, NESA_TOK_BOS, &ids, &n_ids, err);
+	if (s != NESA_OK)
+		return s;
+	if (n_ids == 0) {
+		nesa_free(ids);
+		return nesa_err_set(err, NESA_EINVAL, "the tokenizer has no BOS token and the prompt is empty");
+	}
+	if (c->max_positions > 0 && n_ids + (size_t)o->n_tokens > (size_t)c->max_positions)
+		nesa_log(NESA_LOG_WARN, "prompt (%zu tokens) and %d new tokens exceed the context of %d: generation will stop there",
+		         n_ids, o->n_tokens, c->max_positions);
+	st->prompt_tokens = (int64_t)n_ids;
+	g = nesa_calloc((size_t)ns, sizeof *g);
+	segs = nesa_calloc((size_t)ns, sizeof *segs);
+	in = nesa_malloc((size_t)ns * n_ids * sizeof *in);
+	logits = nesa_malloc((size_t)c->out_elems * sizeof *logits);
+	if (g == NULL || segs == NULL || in == NULL || logits == NULL) {
+		s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < ns; i++) {
+		s = nesa_sampler_init(&g[i].sampler, (int)c->out_elems, o->temperature, o->top_p,
+		                      o->seed + (uint64_t)i, err);
+		if (s != NESA_OK)
+			goto out;
+	}
+	/* The prompt's own text first, as every session starts with it. */
+	for (j = 1; j < n_ids; j++)
+		for (i = 0; i < ns; i++)
+			if ((s = emit_token(tok, ids[j - 1], ids[j], emit, ctx, i, err)) != NESA_OK)
+				goto out;
+	/* Prefill: every session's prompt in one batch, last rows only. */
+	t0 = nesa_now();
+	for (i = 0; i < ns; i++) {
+		segs[i] = (struct nesa_seg){o->session_base + (uint64_t)i, 0, (uint32_t)n_ids, true};
+		memcpy(in + (size_t)i * n_ids, ids, n_ids * sizeof *ids);
+		g[i].last = ids[n_ids - 1];
+		g[i].pos = (uint32_t)n_ids;
+	}
+	s = nesa_chain_run(c, segs, ns, in, &out, &rows, err);
+	st->prefill_s = nesa_now() - t0;
+	if (s != NESA_OK)
+		goto out;
+	t0 = nesa_now();
+	for (;;) {
+		/* Sample every active session from its row of logits. */
+		active = 0;
+		for (i = 0, k = 0; i < ns; i++) {
+			int32_t next;
+
+			if (g[i].done)
+				continue;
+			memcpy(logits, out + (int64_t)k++ * c->out_elems, (size_t)c->out_elems * sizeof *logits);
+			next = nesa_sampler_next(&g[i].sampler, logits);
+			if (!o->ignore_eos && (next == bos || next == eos)) {
+				g[i].done = true;
+				continue;
+			}
+			if ((s = emit_token(tok, g[i].last, next, emit, ctx, i, err)) != NESA_OK)
+				goto out;
+			g[i].last = next;
+			st->generated++;
+			if (++g[i].produced >= o->n_tokens ||
+			    (c->max_positions > 0 && g[i].pos >= (uint32_t)c->max_positions)) {
+				g[i].done = true;
+				continue;
+			}
+			segs[active] = (struct nesa_seg){o->session_base + (uint64_t)i, g[i].pos, 1, true};
+			in[active++] = next;
+			g[i].pos++;
+		}
+		if (active == 0)
+			break;
+		s = nesa_chain_run(c, segs, active, in, &out, &rows, err);
+		if (s != NESA_OK)
+			goto out;
+	}
+	st->decode_s = nesa_now() - t0;
+out:
+	for (i = 0; g != NULL && i < ns; i++) {
+		nesa_sampler_release(&g[i].sampler);
+		nesa_chain_end(c, o->session_base + (uint64_t)i);
+	}
+	nesa_free(g);
+	nesa_free(segs);
+	nesa_free(in);
+	nesa_free(logits);
+	nesa_free(ids);
+	return s;
+}
+
+/* Appends the tokens of each non-empty paragraph, BOS first. */
+static enum nesa_status
+tokenize_paragraphs(const struct nesa_tokenizer *tok, const char *text, size_t len, int32_t **all,
+                    size_t *n_all, struct nesa_err *err)
+{
+	size_t pos = 0, cap = 0, n = 0;
+	int32_t *buf = NULL;
+	enum nesa_status s = NESA_OK;
+
+	while (pos < len) {
+		const char *p = text + pos, *end = NULL;
+		size_t plen, k;
+		int32_t *ids;
+		size_t n_ids;
+
+		for (k = pos; k + 1 < len; k++)
+			if (text[k] == '\n' && text[k + 1] == '\n') {
+				end = text + k;
+				break;
+			}
+		plen = end != NULL ? (size_t)(end - p) : len - pos;
+		pos += plen + (end != NULL ? 2 : 0);
+		while (plen > 0 && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r'))
+			p++, plen--;
+		while (plen > 0 && (p[plen - 1] == ' ' || p[plen - 1] == '\n' || p[plen - 1] == '\t' ||
+		                    p[plen - 1] == '\r'))
+			plen--;
+		if (plen == 0)
+			continue;
+		s = nesa_tokenizer_encode(tok, p, plen, NESA_TOK_BOS, &ids, &n_ids, err);
+		if (s != NESA_OK)
+			break;
+		if (n + n_ids > cap) {
+			size_t ncap = cap ? cap * 2 : 65536;
+			int32_t *nb;
+
+			while (ncap < n + n_ids)
+				ncap *= 2;
+			nb = nesa_realloc(buf, ncap * sizeof *nb);
+			if (nb == NULL) {
+				nesa_free(ids);
+				s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
+				break;
+			}
+			buf = nb;
+			cap = ncap;
+		}
+		memcpy(buf + n, ids, n_ids * sizeof *ids);
+		n += n_ids;
+		nesa_free(ids);
+	}
+	if (s != NESA_OK) {
+		nesa_free(buf);
+		return s;
+	}
+	*all = buf;
+	*n_all = n;
+	return NESA_OK;
+}
+
+enum nesa_status
+nesa_perplexity(struct nesa_chain *c, const struct nesa_tokenizer *tok, const char *text,
+                size_t len, const struct nesa_ppl_opts *o, struct nesa_ppl_result *res,
+                struct nesa_err *err)
+{
+	int window = o->window > 0 ? o->window : (c->max_positions > 0 && c->max_positions < 512 ? c->max_positions : 512);
+	const int batch = o->batch > 0 ? o->batch : 8;
+	struct nesa_seg *segs = NULL;
+	struct nesa_progress prog;
+	int32_t *toks = NULL;
+	size_t n_toks = 0, start;
+	double nll = 0;
+	enum nesa_status s;
+
+	memset(res, 0, sizeof *res);
+	if (c->in_dtype != NESA_I32)
+		return nesa_err_set(err, NESA_EINVAL, "the model does not take token ids: no perplexity");
+	if (c->max_positions > 0 && window > c->max_positions)
+		return nesa_err_set(err, NESA_EINVAL, "window of %d tokens exceeds the model's context of %d",
+		                    window, c->max_positions);
+	if (window < 2)
+		return nesa_err_set(err, NESA_EINVAL, "window of %d tokens scores nothing", window);
+	if (o->max_bytes > 0 && (size_t)o->max_bytes < len)
+		len = (size_t)o->max_bytes;
+	s = tokenize_paragraphs(tok, text, len, &toks, &n_toks, err);
+	if (s != NESA_OK)
+		return s;
+	segs = nesa_calloc((size_t)batch, sizeof *segs);
+	if (segs == NULL) {
+		nesa_free(toks);
+		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
+	}
+	res->tokens = (int64_t)n_toks;
+	nesa_progress_begin(&prog, "perplexity", n_toks);
+	for (start = 0; start < n_toks;) {
+		size_t first = start;
+		const float *out;
+		int64_t rows, row = 0;
+		int n = 0, w;
+
+		/* Up to `batch` windows side by side, one session each. */
+		while (n < batch && start < n_toks) {
+			size_t wl = n_toks - start < (size_t)window ? n_toks - start : (size_t)window;
+
+			segs[n] = (struct nesa_seg){(uint64_t)n + 1, 0, (uint32_t)wl, false};
+			start += wl;
+			n++;
+		}
+		s = nesa_chain_run(c, segs, n, toks + first, &out, &rows, err);
+		if (s != NESA_OK)
+			break;
+		for (w = 0; w < n; w++) {
+			const int32_t *t = toks + first;
+			uint32_t r;
+
+			for (r = 1; r < segs[w].rows; r++) {
+				const float *lg = out + (row + r - 1) * c->out_elems;
+				float mx = -INFINITY;
+				double sum = 0;
+				int64_t v;
+
+				if (t[r] < 0 || t[r] >= c->out_elems) {
+					s = nesa_err_set(err, NESA_EINVAL, "token %d is outside the model's %lld outputs",
+					                 t[r], (long long)c->out_elems);
+					goto done;
+				}
+				for (v = 0; v < c->out_elems; v++)
+					mx = lg[v] > mx ? lg[v] : mx;
+				for (v = 0; v < c->out_elems; v++)
+					sum += exp((double)(lg[v] - mx));
+				nll += log(sum) - (double)(lg[t[r]] - mx);
+				res->scored++;
+			}
+			row += segs[w].rows;
+			first += segs[w].rows;
+			res->windows++;
+		}
+		for (w = 0; w < n; w++)
+			nesa_chain_end(c, segs[w].session);
+		nesa_progress_update(&prog, start);
+	}
+done:
+	nesa_progress_end(&prog);
+	nesa_free(segs);
+	nesa_free(toks);
+	if (s == NESA_OK && res->scored == 0)
+		s = nesa_err_set(err, NESA_EINVAL, "the text gives no token to score");
+	if (s == NESA_OK) {
+		res->nll = nll / (double)res->scored;
+		res->ppl = exp(res->nll);
+	}
+	return s;
+}
+
+enum nesa_status
+nesa_classify(struct nesa_chain *c, const struct nesa_dataset *ds, int batch,
+              struct nesa_cls_result *res, struct nesa_err *err)
+{
+	const int64_t per = ds->C * ds->H * ds->W;
+	struct nesa_progress prog;
+	int64_t i;
+	enum nesa_status s = NESA_OK;
+
+	memset(res, 0, sizeof *res);
+	if (batch <= 0)
+		batch = 64;
+	if (c->in_dtype != NESA_F32 || c->in_elems != per)
+		return nesa_err_set(err, NESA_ESHAPE,
+		                    "the model takes rows of %lld values; the images have %lldx%lldx%lld",
+		                    (long long)c->in_elems, (long long)ds->C, (long long)ds->H, (long long)ds->W);
+	nesa_progress_begin(&prog, "classify", (uint64_t)ds->n);
+	for (i = 0; i < ds->n; i += batch) {
+		int64_t n = ds->n - i < batch ? ds->n - i : batch, rows, r, k;
+		struct nesa_seg seg = {0, 0, (uint32_t)n, false};
+		const float *out;
+
+		s = nesa_chain_run(c, &seg, 1, ds->images + i * per, &out, &rows, err);
+		if (s != NESA_OK)
+			break;
+		for (r = 0; r < n; r++) {
+			const float *o = out + r * c->out_elems;
+			int64_t best = 0;
+
+			/* The first maximum wins ties, as torch.argmax does. */
+			for (k = 1; k < c->out_elems; k++)
+				if (o[k] > o[best])
+					best = k;
+			res->correct += best == ds->labels[i + r];
+		}
+		res->n += n;
+		nesa_progress_update(&prog, (uint64_t)(i + n));
+	}
+	nesa_progress_end(&prog);
+	return s;
+}

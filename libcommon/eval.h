@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What nesa-route does with a chain: generate text, measure perplexity,
+ * classify images.  Written against struct nesa_chain only, so the same
+ * code drives one process or a pipeline of machines.
+ */
+#ifndef NESA_EVAL_H
+#define NESA_EVAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chain.h"
+#include "data.h"
+#include "tokenizer.h"
+
+struct nesa_gen_opts {
+	const char *prompt;   /* UTF-8 text, may be empty */
+	int n_tokens;         /* new tokens to generate per session */
+	float temperature;    /* 0 = greedy */
+	float top_p;          /* nucleus cut, 1 = none */
+	uint64_t seed;        /* session i samples with seed + i */
+	bool ignore_eos;      /* do not stop at BOS/EOS */
+	int n_sessions;       /* independent generations decoded together (>= 1) */
+	uint64_t session_base;/* session ids are session_base + i */
+};
+
+struct nesa_gen_stats {
+	int64_t prompt_tokens; /* per session */
+	int64_t generated;     /* over all sessions */
+	double prefill_s, decode_s;
+};
+
+/*
+ * Receives text as it is produced: bytes of session `index` (0-based).
+ * Returning non-OK stops generation with that status.
+ */
+typedef enum nesa_status (*nesa_text_fn)(void *ctx, int index, const char *bytes, size_t n);
+
+/*
+ * Encodes the prompt with BOS, prefills it, then samples up to n_tokens
+ * new tokens per session, stopping a session at BOS or EOS unless
+ * ignore_eos.  Emits the prompt's text, then each new token's text.
+ */
+enum nesa_status nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok,
+                               const struct nesa_gen_opts *o, nesa_text_fn emit, void *ctx,
+                               struct nesa_gen_stats *st, struct nesa_err *err);
+
+struct nesa_ppl_opts {
+	int64_t max_bytes; /* score only the first max_bytes of text (0 = all) */
+	int window;        /* tokens per window (0 = the model's context, at most 512) */
+	int batch;         /* windows evaluated together (0 = 8) */
+};
+
+struct nesa_ppl_result {
+	int64_t tokens;    /* tokens in the stream, BOS included */
+	int64_t scored;    /* tokens whose probability was scored */
+	int64_t windows;
+	double nll;        /* mean negative log-likelihood, nats */
+	double ppl;        /* exp(nll) */
+};
+
+/*
+ * Perplexity of text under the protocol of nesa-route(1): the text is cut
+ * into paragraphs at blank lines ("\n\n"), each paragraph with surrounding
+ * whitespace removed is encoded with BOS, empty paragraphs are skipped, the
+ * paragraphs' tokens are concatenated and cut into non-overlapping windows
+ * of `window` tokens, each window is run from position 0, and every token
+ * of a window but its first is scored.
+ */
+enum nesa_status nesa_perplexity(struct nesa_chain *c, const struct nesa_tokenizer *tok,
+                                 const char *text, size_t len, const struct nesa_ppl_opts *o,
+                                 struct nesa_ppl_result *res, struct nesa_err *err);
+
+struct nesa_cls_result {
+	int64_t n, correct;
+};
+
+/* Top-1 accuracy of the chain on a dataset, batch images per run (0 = 64). */
+enum nesa_status nesa_classify(struct nesa_chain *c, const struct nesa_dataset *ds, int batch,
+                               struct nesa_cls_result *res, struct nesa_err *err);
+
+#endif

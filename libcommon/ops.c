@@ -1,0 +1,424 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Kernels of the graph ops; see ops.h for each definition.  Accumulation is
+ * in float except where a double is needed for a statistic over a long row
+ * (norms), so results match the usual PyTorch float32 references closely.
+ */
+#include "config.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+static float
+dot_f32(const float *a, const float *b, int64_t n)
+{
+	float s = 0;
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+void
+nesa_linear_ref(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                const float *b, float *y)
+{
+	const struct nesa_dtype_traits *tr = nesa_dtype_traits(w->dtype);
+	const int64_t nb = tr->block_size;
+	int64_t out = w->shape[0], r, o, i, j;
+	float tmp[NESA_MAX_BLOCK]; /* (block_size) one decoded block */
+
+	for (o = 0; o < out; o++) {
+		const char *src = (const char *)w->data + (size_t)o * w->stride[0];
+
+		for (r = 0; r < rows; r++) {
+			double s = 0;
+
+			/* Block by block through the traits: slow, obviously right. */
+			for (i = 0; i < in; i += nb) {
+				tr->to_f32(src + (size_t)(i / nb) * tr->block_bytes, tmp, nb);
+				for (j = 0; j < nb; j++)
+					s += (double)tmp[j] * x[r * in + i + j];
+			}
+			y[r * out + o] = (float)s + (b != NULL ? b[o] : 0.0f);
+		}
+	}
+}
+
+void
+nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w, const float *b,
+            float *y, float *scratch)
+{
+	int64_t out = w->shape[0], r, o;
+
+	if (w->dtype == NESA_F32) {
+		const float *W = w->data;
+
+		if (rows == 1)
+			cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1,
+			            0.0f, y, 1);
+		else
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in,
+			            1.0f, x, (int)in, W, (int)in, 0.0f, y, (int)out);
+	} else {
+		const struct nesa_dtype_traits *tr = nesa_dtype_traits(w->dtype);
+
+		/* Convert one weight row at a time so memory stays at one row. */
+		for (o = 0; o < out; o++) {
+			tr->to_f32((const char *)w->data + (size_t)o * w->stride[0], scratch, in);
+			for (r = 0; r < rows; r++)
+				y[r * out + o] = dot_f32(scratch, x + r * in, in);
+		}
+	}
+	if (b != NULL)
+		for (r = 0; r < rows; r++)
+			for (o = 0; o < out; o++)
+				y[r * out + o] += b[o];
+}
+
+void
+nesa_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps)
+{
+	int64_t r, i;
+
+	for (r = 0; r < rows; r++) {
+		const float *xr = x + r * dim;
+		float *yr = y + r * dim;
+		float ss = 0, inv;
+
+		for (i = 0; i < dim; i++)
+			ss += xr[i] * xr[i];
+		inv = 1.0f / sqrtf(ss / (float)dim + eps);
+		for (i = 0; i < dim; i++)
+			yr[i] = xr[i] * inv * w[i];
+	}
+}
+
+void
+nesa_layernorm(const float *x, const float *w, const float *b, float *y, int64_t rows, int64_t dim,
+               float eps)
+{
+	int64_t r, i;
+
+	for (r = 0; r < rows; r++) {
+		const float *xr = x + r * dim;
+		float *yr = y + r * dim;
+		double mean = 0, var = 0;
+		float inv, m;
+
+		for (i = 0; i < dim; i++)
+			mean += xr[i];
+		mean /= (double)dim;
+		for (i = 0; i < dim; i++)
+			var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+		var /= (double)dim;
+		inv = (float)(1.0 / sqrt(var + (double)eps));
+		m = (float)mean;
+		for (i = 0; i < dim; i++)
+			yr[i] = (xr[i] - m) * inv * w[i] + (b != NULL ? b[i] : 0.0f);
+	}
+}
+
+void
+nesa_softmax(float *x, int64_t rows, int64_t dim)
+{
+	int64_t r, i;
+
+	for (r = 0; r < rows; r++) {
+		float *xr = x + r * dim, mx = -INFINITY, sum = 0;
+
+		for (i = 0; i < dim; i++)
+			if (xr[i] > mx)
+				mx = xr[i];
+		for (i = 0; i < dim; i++) {
+			xr[i] = expf(xr[i] - mx);
+			sum += xr[i];
+		}
+		for (i = 0; i < dim; i++)
+			xr[i] /= sum;
+	}
+}
+
+void
+nesa_rope(float *x, int64_t rows, int n_heads, int head_dim, int n_rot, float theta, int half_split,
+          const uint32_t *pos)
+{
+	int64_t r;
+	int h, i, half = n_rot / 2;
+
+	for (r = 0; r < rows; r++) {
+		float *xr = x + r * (int64_t)n_heads * head_dim;
+
+		for (i = 0; i < half; i++) {
+			/* Same expression as llama2.c and HF so the angles match to the bit. */
+			float freq = 1.0f / powf(theta, (float)(2 * i) / (float)n_rot);
+			float ang = (float)pos[r] * freq;
+			float c = cosf(ang), s = sinf(ang);
+
+			for (h = 0; h < n_heads; h++) {
+				float *v = xr + h * head_dim;
+				int a = half_split ? i : 2 * i, b = half_split ? i + half : 2 * i + 1;
+				float v0 = v[a], v1 = v[b];
+
+				v[a] = v0 * c - v1 * s;
+				v[b] = v0 * s + v1 * c;
+			}
+		}
+	}
+}
+
+void
+nesa_silu(const float *x, float *y, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void
+nesa_relu(const float *x, float *y, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+void
+nesa_gelu(const float *x, float *y, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+void
+nesa_gelu_tanh(const float *x, float *y, int64_t n)
+{
+	const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] = 0.5f * x[i] * (1.0f + tanhf(k * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+}
+
+void
+nesa_add(const float *a, const float *b, float *y, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] = a[i] + b[i];
+}
+
+void
+nesa_mul(const float *a, const float *b, float *y, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] = a[i] * b[i];
+}
+
+void
+nesa_attention_ref(const float *q, int64_t rows, uint32_t pos0, const float *kc, const float *vc,
+               int n_heads, int n_kv, int head_dim, float scale, float *out, float *att)
+{
+	int64_t qdim = (int64_t)n_heads * head_dim, kvdim = (int64_t)n_kv * head_dim;
+	int group = n_heads / n_kv;
+	int64_t r, t;
+	int h, d;
+
+	for (r = 0; r < rows; r++) {
+		int64_t n_ctx = (int64_t)pos0 + r + 1;
+
+		for (h = 0; h < n_heads; h++) {
+			const float *qh = q + r * qdim + (int64_t)h * head_dim;
+			const int64_t koff = (int64_t)(h / group) * head_dim;
+			float *oh = out + r * qdim + (int64_t)h * head_dim;
+			float mx = -INFINITY, sum = 0;
+
+			for (t = 0; t < n_ctx; t++) {
+				att[t] = dot_f32(qh, kc + t * kvdim + koff, head_dim) * scale;
+				if (att[t] > mx)
+					mx = att[t];
+			}
+			for (t = 0; t < n_ctx; t++) {
+				att[t] = expf(att[t] - mx);
+				sum += att[t];
+			}
+			memset(oh, 0, (size_t)head_dim * sizeof *oh);
+			for (t = 0; t < n_ctx; t++) {
+				const float *vt = vc + t * kvdim + koff;
+				float a = att[t] / sum;
+
+				for (d = 0; d < head_dim; d++)
+					oh[d] += a * vt[d];
+			}
+		}
+	}
+}
+
+void
+nesa_attention(const float *q, int64_t rows, uint32_t pos0, const float *kc, const float *vc,
+               int n_heads, int n_kv, int head_dim, float scale, float *out, float *att)
+{
+	const int64_t qdim = (int64_t)n_heads * head_dim, kvdim = (int64_t)n_kv * head_dim;
+	const int64_t n_ctx = (int64_t)pos0 + rows;
+	const int group = n_heads / n_kv;
+	int64_t r, t;
+	int h;
+
+	/* A single row gains nothing from GEMM calls: the plain loop is faster. */
+	if (rows < 4) {
+		nesa_attention_ref(q, rows, pos0, kc, vc, n_heads, n_kv, head_dim, scale, out, att);
+		return;
+	}
+	for (h = 0; h < n_heads; h++) {
+		const int64_t koff = (int64_t)(h / group) * head_dim;
+
+		/* att (rows, n_ctx) = scale * Q_h K_h^T, then causal softmax, then att V_h. */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)n_ctx, head_dim, scale,
+		            q + (int64_t)h * head_dim, (int)qdim, kc + koff, (int)kvdim, 0.0f, att,
+		            (int)n_ctx);
+		for (r = 0; r < rows; r++) {
+			float *ar = att + r * n_ctx, mx = -INFINITY, sum = 0;
+			const int64_t last = (int64_t)pos0 + r;
+
+			for (t = 0; t <= last; t++)
+				mx = ar[t] > mx ? ar[t] : mx;
+			for (t = 0; t <= last; t++)
+				sum += (ar[t] = expf(ar[t] - mx));
+			for (t = 0; t <= last; t++)
+				ar[t] /= sum;
+			for (; t < n_ctx; t++)
+				ar[t] = 0;
+		}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, head_dim, (int)n_ctx, 1.0f,
+		            att, (int)n_ctx, vc + koff, (int)kvdim, 0.0f, out + (int64_t)h * head_dim,
+		            (int)qdim);
+	}
+}
+
+void
+nesa_conv2d_ref(const float *x, int C, int H, int W, const float *w, const float *b, int O, int kh,
+                int kw, int sh, int sw, int ph, int pw, int groups, float *y)
+{
+	int Ho = nesa_conv_out(H, kh, sh, ph), Wo = nesa_conv_out(W, kw, sw, pw);
+	int Cg = C / groups, Og = O / groups;
+	int o, c, oy, ox, ky, kx;
+
+	for (o = 0; o < O; o++) {
+		int g = o / Og;
+
+		for (oy = 0; oy < Ho; oy++)
+			for (ox = 0; ox < Wo; ox++) {
+				double s = b != NULL ? b[o] : 0.0;
+
+				for (c = 0; c < Cg; c++)
+					for (ky = 0; ky < kh; ky++)
+						for (kx = 0; kx < kw; kx++) {
+							int iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+
+							if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+								continue;
+							s += (double)w[((o * Cg + c) * kh + ky) * kw + kx] *
+							     x[((g * Cg + c) * H + iy) * W + ix];
+						}
+				y[(o * Ho + oy) * Wo + ox] = (float)s;
+			}
+	}
+}
+
+void
+nesa_conv2d(const float *x, int C, int H, int W, const float *w, const float *b, int O, int kh,
+            int kw, int sh, int sw, int ph, int pw, int groups, float *y, float *col)
+{
+	int Ho = nesa_conv_out(H, kh, sh, ph), Wo = nesa_conv_out(W, kw, sw, pw);
+	int Cg = C / groups, Og = O / groups, K = Cg * kh * kw, N = Ho * Wo;
+	int g, c, ky, kx, oy, ox, o;
+
+	for (g = 0; g < groups; g++) {
+		/* im2col: col[(c, ky, kx)][(oy, ox)] for this group's channels. */
+		for (c = 0; c < Cg; c++)
+			for (ky = 0; ky < kh; ky++)
+				for (kx = 0; kx < kw; kx++) {
+					float *row = col + (size_t)((c * kh + ky) * kw + kx) * (size_t)N;
+					const float *xc = x + (size_t)(g * Cg + c) * (size_t)(H * W);
+
+					for (oy = 0; oy < Ho; oy++) {
+						int iy = oy * sh - ph + ky;
+
+						for (ox = 0; ox < Wo; ox++) {
+							int ix = ox * sw - pw + kx;
+
+							row[oy * Wo + ox] = (iy < 0 || iy >= H || ix < 0 || ix >= W)
+							                        ? 0.0f
+							                        : xc[iy * W + ix];
+						}
+					}
+				}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Og, N, K, 1.0f,
+		            w + (size_t)g * (size_t)Og * (size_t)K, K, col, N, 0.0f,
+		            y + (size_t)g * (size_t)Og * (size_t)N, N);
+	}
+	if (b != NULL)
+		for (o = 0; o < O; o++) {
+			float *yo = y + (size_t)o * (size_t)N;
+			int i;
+
+			for (i = 0; i < N; i++)
+				yo[i] += b[o];
+		}
+}
+
+static void
+pool(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw, float *y,
+     int is_max)
+{
+	int Ho = nesa_conv_out(H, kh, sh, ph), Wo = nesa_conv_out(W, kw, sw, pw);
+	int c, oy, ox, ky, kx;
+
+	for (c = 0; c < C; c++)
+		for (oy = 0; oy < Ho; oy++)
+			for (ox = 0; ox < Wo; ox++) {
+				float m = -INFINITY, s = 0;
+				int n = 0;
+
+				for (ky = 0; ky < kh; ky++)
+					for (kx = 0; kx < kw; kx++) {
+						int iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+						float v;
+
+						if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+							continue;
+						v = x[(c * H + iy) * W + ix];
+						if (v > m)
+							m = v;
+						s += v;
+						n++;
+					}
+				y[(c * Ho + oy) * Wo + ox] = is_max ? m : (n > 0 ? s / (float)n : 0.0f);
+			}
+}
+
+void
+nesa_maxpool(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
+             float *y)
+{
+	pool(x, C, H, W, kh, kw, sh, sw, ph, pw, y, 1);
+}
+
+void
+nesa_avgpool(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
+             float *y)
+{
+	pool(x, C, H, W, kh, kw, sh, sw, ph, pw, y, 0);
+}

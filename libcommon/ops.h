@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Numeric kernels of the graph ops, on f32 rows.
+ *
+ * Every kernel states its reference definition.  Where a fast version
+ * differs from the plain loop (BLAS GEMM/GEMV, SIMD), the plain loop is kept
+ * as `*_ref` and the unit tests hold the fast one to it.  Kernels take
+ * explicit sizes, never allocate, and never fail: shapes were validated when
+ * the graph was compiled.
+ */
+#ifndef NESA_OPS_H
+#define NESA_OPS_H
+
+#include <stdint.h>
+
+#include "tensor.h"
+
+/*
+ * y = x W^T (+ b): x (rows, in) row-major, W (out, in), b (out) or NULL,
+ * y (rows, out).  W may be any dtype with to_f32; f32 weights go through
+ * BLAS (GEMV for one row, GEMM otherwise), others through per-row
+ * conversion into scratch.  scratch holds at least in floats for non-f32 W.
+ */
+void nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                 const float *b, float *y, float *scratch);
+void nesa_linear_ref(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                     const float *b, float *y);
+
+/* y = x / sqrt(mean(x^2) + eps) * w, per row; x, y (rows, dim); y may be x. */
+void nesa_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps);
+
+/* y = (x - mean) / sqrt(var + eps) * w + b, per row (biased variance); y may be x. */
+void nesa_layernorm(const float *x, const float *w, const float *b, float *y, int64_t rows,
+                    int64_t dim, float eps);
+
+/* In-place softmax of each row of x (rows, dim), max-subtracted. */
+void nesa_softmax(float *x, int64_t rows, int64_t dim);
+
+/*
+ * Rotary embedding in place on x (rows, n_heads * head_dim); row r has
+ * position pos[r].  The first n_rot dims of each head rotate: pairs
+ * (2i, 2i+1) when interleaved (llama2.c), (i, i + n_rot/2) when half-split
+ * (Hugging Face); frequency theta^(-2i/n_rot).
+ */
+void nesa_rope(float *x, int64_t rows, int n_heads, int head_dim, int n_rot, float theta,
+               int half_split, const uint32_t *pos);
+
+/* Elementwise activations, y may be x: n elements. */
+void nesa_silu(const float *x, float *y, int64_t n);
+void nesa_relu(const float *x, float *y, int64_t n);
+void nesa_gelu(const float *x, float *y, int64_t n);      /* 0.5 x (1 + erf(x / sqrt 2)) */
+void nesa_gelu_tanh(const float *x, float *y, int64_t n); /* tanh approximation */
+void nesa_add(const float *a, const float *b, float *y, int64_t n);
+void nesa_mul(const float *a, const float *b, float *y, int64_t n);
+
+/*
+ * Causal attention for one session's new rows.  q (rows, n_heads *
+ * head_dim) for positions pos0 .. pos0 + rows - 1; kc, vc the session's
+ * cache (pos0 + rows, n_kv * head_dim) already holding these rows' keys and
+ * values.  out (rows, n_heads * head_dim).  Each row attends to positions
+ * 0 .. its own.  att is scratch of rows * (pos0 + rows) floats (the
+ * reference needs pos0 + rows).  Batches of rows use two GEMMs per head.
+ */
+void nesa_attention(const float *q, int64_t rows, uint32_t pos0, const float *kc, const float *vc,
+                    int n_heads, int n_kv, int head_dim, float scale, float *out, float *att);
+void nesa_attention_ref(const float *q, int64_t rows, uint32_t pos0, const float *kc,
+                        const float *vc, int n_heads, int n_kv, int head_dim, float scale,
+                        float *out, float *att);
+
+/*
+ * 2-D convolution of one image: x (C, H, W), w (O, C / groups, kh, kw),
+ * b (O) or NULL, y (O, Ho, Wo).  col is scratch of
+ * (C / groups * kh * kw) * (Ho * Wo) floats (im2col + GEMM).
+ */
+void nesa_conv2d(const float *x, int C, int H, int W, const float *w, const float *b, int O,
+                 int kh, int kw, int sh, int sw, int ph, int pw, int groups, float *y, float *col);
+void nesa_conv2d_ref(const float *x, int C, int H, int W, const float *w, const float *b, int O,
+                     int kh, int kw, int sh, int sw, int ph, int pw, int groups, float *y);
+
+/* Pooling of one image (C, H, W) -> (C, Ho, Wo); padding counts as -inf / excluded. */
+void nesa_maxpool(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                  int pw, float *y);
+void nesa_avgpool(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                  int pw, float *y);
+
+/* Output size of a convolution or pooling along one axis. */
+static inline int
+nesa_conv_out(int in, int k, int s, int p)
+{
+	return (in + 2 * p - k) / s + 1;
+}
+
+#endif
