@@ -1,6 +1,10 @@
 # SPDX-License-Identifier: MIT
 # Benchmarks: never part of `make check`; `make bench` runs them all.
 bench_scripts =
+noinst_PROGRAMS += bench/nesa-stream-bench
+bench_nesa_stream_bench_SOURCES = bench/stream-bench.c
+bench_nesa_stream_bench_LDADD = $(NESA_LIBS)
+bench_scripts += bench/stream-throughput.sh
 EXTRA_DIST += $(bench_scripts)
 bench: all
 	@for b in $(bench_scripts); do \

@@ -40,10 +40,13 @@ struct nesa_chain {
 };
 
 /*
- * A chain running every block of m in this process (m is borrowed and must
- * outlive the chain).  NESA_EINVAL when m holds only a slice of its model.
+ * A chain running the n models m[0..n) one after another in this process:
+ * one whole model, or the shards of one model in block order (each a slice
+ * continuing where the previous ended, all with the same identity).  The
+ * models are borrowed and must outlive the chain.  NESA_EINVAL when the
+ * slices do not cover the model exactly or come from different models.
  */
-enum nesa_status nesa_chain_local(struct nesa_model *m, const struct nesa_exec_opts *opts,
+enum nesa_status nesa_chain_local(struct nesa_model **m, int n, const struct nesa_exec_opts *opts,
                                   struct nesa_chain **out, struct nesa_err *err);
 
 static inline enum nesa_status

@@ -13,6 +13,7 @@
 #include <lapacke.h>
 #include <locale.h>
 #include <math.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -42,6 +43,8 @@ nesa_cli_init(struct nesa_cli_opts *opts, const struct nesa_tool *tool, int argc
 	(void)argc;
 	/* The numeric locale stays "C": JSON and TSV output must not grow commas. */
 	setlocale(LC_CTYPE, "");
+	/* A vanished reader becomes EPIPE on write, reported like any I/O error. */
+	signal(SIGPIPE, SIG_IGN);
 	cur_tool = tool;
 	nesa_log_set_progname(argc > 0 && argv[0] != NULL ? base_name(argv[0]) : tool->name);
 	memset(opts, 0, sizeof *opts);
@@ -281,7 +284,8 @@ nesa_exit(enum nesa_status status, const struct nesa_err *err)
 {
 	int code = nesa_exit_code(status);
 
-	if (status != NESA_OK && err != NULL)
+	/* A reader that stopped early (| head) is not worth a message. */
+	if (status != NESA_OK && err != NULL && err->sys_errno != EPIPE)
 		nesa_log_err(err);
 	/*
 	 * A write error on stdout may only show at fflush/fclose time (a full

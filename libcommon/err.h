@@ -16,6 +16,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+/*
+ * Values travel on the wire in error frames (nesa-stream(5)): append only,
+ * never renumber.
+ */
 enum nesa_status {
 	NESA_OK = 0,
 	NESA_ENOMEM,       /* allocation failed */

@@ -175,8 +175,10 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 			if (op->kind == NESA_OP_LINEAR && op->w[0]->dtype != NESA_F32)
 				need = (size_t)op->w[0]->shape[1];
 			if (op->kind == NESA_OP_CONV2D)
-				need = (size_t)(x->shape[0] / op->groups) * (size_t)(op->kernel[0] * op->kernel[1]) *
-				       (size_t)b->values[op->out].shape[1] * (size_t)b->values[op->out].shape[2];
+				need = nesa_conv2d_scratch((int)x->shape[0], (int)b->values[op->out].shape[1],
+				                           (int)b->values[op->out].shape[2],
+				                           (int)b->values[op->out].shape[0], op->kernel[0],
+				                           op->kernel[1], op->groups);
 			if (need > e->scratch_need_fixed)
 				e->scratch_need_fixed = need;
 		}
@@ -474,12 +476,10 @@ run_op(struct nesa_exec *e, const struct nesa_block *b, struct exec_block *xb,
 		nesa_softmax(y, n / xv->shape[xv->ndim - 1], xv->shape[xv->ndim - 1]);
 		break;
 	case NESA_OP_CONV2D:
-		for (r = 0; r < rows; r++)
-			nesa_conv2d(x + r * xe, (int)xv->shape[0], (int)xv->shape[1], (int)xv->shape[2],
-			            op->w[0]->data, op->w[1] != NULL ? op->w[1]->data : NULL,
-			            (int)yv->shape[0], op->kernel[0], op->kernel[1], op->stride[0],
-			            op->stride[1], op->pad[0], op->pad[1], op->groups, y + r * yv->row_elems,
-			            e->scratch);
+		nesa_conv2d(x, rows, (int)xv->shape[0], (int)xv->shape[1], (int)xv->shape[2],
+		            op->w[0]->data, op->w[1] != NULL ? op->w[1]->data : NULL, (int)yv->shape[0],
+		            op->kernel[0], op->kernel[1], op->stride[0], op->stride[1], op->pad[0],
+		            op->pad[1], op->groups, y, e->scratch, e->scratch_len);
 		break;
 	case NESA_OP_BATCHNORM:
 	case NESA_OP_CHANNEL_AFFINE: {

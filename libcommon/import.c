@@ -920,7 +920,8 @@ fold_batchnorms(json_t *graph, struct nesa_tset *ts, struct nesa_err *err)
 }
 
 enum nesa_status
-nesa_import_json(const char *path, struct nesa_model **out, struct nesa_err *err)
+nesa_import_json(const char *path, const char *weights, struct nesa_model **out,
+                 struct nesa_err *err)
 {
 	struct nesa_model *m;
 	struct nesa_safetensors *st = NULL;
@@ -945,7 +946,7 @@ nesa_import_json(const char *path, struct nesa_model **out, struct nesa_err *err
 		                    "cannot load '%s': neither a graph file (no 'graph_version') nor a Hugging Face config.json (no 'model_type')",
 		                    path);
 	}
-	wfile = json_string_value(json_object_get(doc, "weights"));
+	wfile = weights != NULL ? weights : json_string_value(json_object_get(doc, "weights"));
 	m = nesa_model_new(path, "graph");
 	if (m == NULL) {
 		json_decref(doc);
@@ -956,7 +957,7 @@ nesa_import_json(const char *path, struct nesa_model **out, struct nesa_err *err
 		s = nesa_err_set(err, NESA_EFORMAT, "cannot load '%s': the graph file does not name its 'weights'", path);
 		goto fail;
 	}
-	if (wfile[0] == '/')
+	if (wfile[0] == '/' || weights != NULL)
 		snprintf(wpath, sizeof wpath, "%s", wfile);
 	else
 		snprintf(wpath, sizeof wpath, "%s/%s", dir_of(path, dir, sizeof dir), wfile);

@@ -23,8 +23,12 @@ enum nesa_status nesa_import_llama2c(const char *path, const char *tokenizer,
 /* Hugging Face directory (or its config.json): model_type llama or gpt2. */
 enum nesa_status nesa_import_hf(const char *path, struct nesa_model **out, struct nesa_err *err);
 
-/* A JSON file: a graph file (nesa-graph(5)) or a Hugging Face config.json. */
-enum nesa_status nesa_import_json(const char *path, struct nesa_model **out, struct nesa_err *err);
+/*
+ * A JSON file: a graph file (nesa-graph(5)) or a Hugging Face config.json.
+ * weights, when not NULL, replaces the graph file's "weights".
+ */
+enum nesa_status nesa_import_json(const char *path, const char *weights, struct nesa_model **out,
+                                  struct nesa_err *err);
 
 /* Shared by the importers (model.c). */
 struct nesa_model *nesa_model_new(const char *path, const char *format);

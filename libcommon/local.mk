@@ -22,6 +22,7 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/nesa.h \
 	libcommon/npy.c libcommon/npy.h \
 	libcommon/ops.c libcommon/ops.h \
+	libcommon/plan.c libcommon/plan.h \
 	libcommon/quant.c libcommon/quant.h \
 	libcommon/safetensors.c libcommon/safetensors.h \
 	libcommon/sample.c libcommon/sample.h \

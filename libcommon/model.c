@@ -202,7 +202,7 @@ nesa_model_load(const char *path, const struct nesa_model_opts *opts, struct nes
 	else if (strcmp(fmt, "hf") == 0)
 		s = nesa_import_hf(path, out, err);
 	else if (strcmp(fmt, "json") == 0)
-		s = nesa_import_json(path, out, err);
+		s = nesa_import_json(path, opts != NULL ? opts->weights : NULL, out, err);
 	else
 		return nesa_err_set(err, NESA_EUNSUPPORTED,
 		                    "cannot load '%s': safetensors weights need a Hugging Face config.json beside them or a graph file naming them; give the directory or the JSON file",
@@ -272,4 +272,61 @@ nesa_model_io(const struct nesa_model *m, int *in_dtype, int *in_ndim, int64_t i
 	*out_elems = vo->row_elems;
 	nesa_graph_free(g);
 	return NESA_OK;
+}
+
+enum nesa_status
+nesa_model_write_shard(struct nesa_model *m, int first, int count, const char *path,
+                       const struct nesa_shard_write_opts *opts, struct nesa_err *err)
+{
+	const struct nesa_tensor **list = NULL;
+	struct nesa_tset tok;
+	json_t *names = NULL, *slice = NULL, *header = NULL, *e;
+	uint8_t id[32];
+	char hex[65];
+	const char *base;
+	size_t i, n = 0;
+	enum nesa_status s;
+
+	nesa_tset_init(&tok);
+	if (first < m->first || count < 1 || first + count > m->first + m->count)
+		return nesa_err_set(err, NESA_EINVAL, "blocks [%d, %d) are not in '%s' (it holds [%d, %d))",
+		                    first, first + count, m->path, m->first, m->first + m->count);
+	s = nesa_model_identity(m, id, err);
+	if (s == NESA_OK)
+		s = nesa_graph_doc_weights(m->graph, first, count, &names, err);
+	if (s == NESA_OK && m->tok != NULL)
+		s = nesa_tokenizer_to_tset(m->tok, &tok, err);
+	if (s != NESA_OK)
+		goto out;
+	list = nesa_calloc(json_array_size(names) + tok.n + 1, sizeof *list);
+	slice = nesa_graph_doc_slice(m->graph, first, count);
+	base = strrchr(m->path, '/');
+	header = json_pack("{s:{s:s, s:s, s:s, s:s, s:i}, s:{s:i, s:i}, s:O, s:O}", "model", "name",
+	                   m->name, "arch", m->arch, "source", base != NULL ? base + 1 : m->path,
+	                   "source_sha256", nesa_sha256_hex(id, hex), "n_blocks", m->n_blocks, "blocks",
+	                   "first", first, "count", count, "graph", slice, "meta", m->meta);
+	if (list == NULL || slice == NULL || header == NULL) {
+		s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
+		goto out;
+	}
+	json_array_foreach(names, i, e) {
+		const struct nesa_tensor *t = nesa_tset_find(m->weights, json_string_value(e));
+
+		if (t == NULL || t->data == NULL) {
+			s = nesa_err_set(err, NESA_EFORMAT, "cannot write '%s': weight '%s' is missing", path,
+			                 json_string_value(e));
+			goto out;
+		}
+		list[n++] = t;
+	}
+	for (i = 0; i < tok.n; i++)
+		list[n++] = &tok.items[i];
+	s = nesa_shard_write(path, header, list, n, opts, err);
+out:
+	json_decref(header);
+	json_decref(slice);
+	json_decref(names);
+	nesa_free(list);
+	nesa_tset_release(&tok);
+	return s;
 }

@@ -41,6 +41,7 @@ struct nesa_model_opts {
 	const char *tokenizer;  /* tokenizer file for llama2.c checkpoints (default: beside it) */
 	bool defer_hash;        /* shard archives: verify tensor hashes on first use */
 	int context;            /* > 0: context length to use instead of the model's */
+	const char *weights;    /* graph files: weights to use instead of the file's "weights" */
 };
 
 /*
@@ -69,5 +70,16 @@ uint64_t nesa_model_id64(const uint8_t sha256[32]);
  */
 enum nesa_status nesa_model_io(const struct nesa_model *m, int *in_dtype, int *in_ndim,
                                int64_t in_shape[3], int64_t *out_elems, struct nesa_err *err);
+
+/*
+ * Writes blocks [first, first + count) of m as a shard archive: the graph
+ * slice, the weights those blocks use, the tokenizer (every shard carries
+ * it, so any stage can serve it to a client) and the model's identity.
+ * opts may be NULL (uncompressed, no overwrite).
+ */
+struct nesa_shard_write_opts;
+enum nesa_status nesa_model_write_shard(struct nesa_model *m, int first, int count, const char *path,
+                                        const struct nesa_shard_write_opts *opts,
+                                        struct nesa_err *err);
 
 #endif

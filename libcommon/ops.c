@@ -337,46 +337,92 @@ nesa_conv2d_ref(const float *x, int C, int H, int W, const float *w, const float
 	}
 }
 
-void
-nesa_conv2d(const float *x, int C, int H, int W, const float *w, const float *b, int O, int kh,
-            int kw, int sh, int sw, int ph, int pw, int groups, float *y, float *col)
+/* im2col of one image's group channels into col rows (c, ky, kx), columns from col0 of ld. */
+static void
+im2col(const float *xg, int Cg, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
+       int Ho, int Wo, float *col, int64_t ld, int64_t col0)
 {
-	int Ho = nesa_conv_out(H, kh, sh, ph), Wo = nesa_conv_out(W, kw, sw, pw);
-	int Cg = C / groups, Og = O / groups, K = Cg * kh * kw, N = Ho * Wo;
-	int g, c, ky, kx, oy, ox, o;
+	int c, ky, kx, oy, ox;
 
-	for (g = 0; g < groups; g++) {
-		/* im2col: col[(c, ky, kx)][(oy, ox)] for this group's channels. */
-		for (c = 0; c < Cg; c++)
-			for (ky = 0; ky < kh; ky++)
-				for (kx = 0; kx < kw; kx++) {
-					float *row = col + (size_t)((c * kh + ky) * kw + kx) * (size_t)N;
-					const float *xc = x + (size_t)(g * Cg + c) * (size_t)(H * W);
+	for (c = 0; c < Cg; c++)
+		for (ky = 0; ky < kh; ky++)
+			for (kx = 0; kx < kw; kx++) {
+				float *row = col + (int64_t)((c * kh + ky) * kw + kx) * ld + col0;
+				const float *xc = xg + (size_t)c * (size_t)(H * W);
+				/* Output columns whose input column is inside the image. */
+				int lo = kx >= pw ? 0 : (pw - kx + sw - 1) / sw;
+				int hi = W - 1 + pw - kx < 0 ? 0 : (W - 1 + pw - kx) / sw + 1;
 
-					for (oy = 0; oy < Ho; oy++) {
-						int iy = oy * sh - ph + ky;
+				if (hi > Wo)
+					hi = Wo;
+				if (lo > hi)
+					lo = hi;
+				for (oy = 0; oy < Ho; oy++) {
+					int iy = oy * sh - ph + ky;
+					float *dst = row + oy * Wo;
+					const float *src = xc + (int64_t)iy * W - pw + kx;
 
-						for (ox = 0; ox < Wo; ox++) {
-							int ix = ox * sw - pw + kx;
-
-							row[oy * Wo + ox] = (iy < 0 || iy >= H || ix < 0 || ix >= W)
-							                        ? 0.0f
-							                        : xc[iy * W + ix];
-						}
+					if (iy < 0 || iy >= H) {
+						memset(dst, 0, (size_t)Wo * sizeof *dst);
+						continue;
 					}
+					memset(dst, 0, (size_t)lo * sizeof *dst);
+					if (sw == 1)
+						memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
+					else
+						for (ox = lo; ox < hi; ox++)
+							dst[ox] = src[ox * sw];
+					memset(dst + hi, 0, (size_t)(Wo - hi) * sizeof *dst);
 				}
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Og, N, K, 1.0f,
-		            w + (size_t)g * (size_t)Og * (size_t)K, K, col, N, 0.0f,
-		            y + (size_t)g * (size_t)Og * (size_t)N, N);
-	}
-	if (b != NULL)
-		for (o = 0; o < O; o++) {
-			float *yo = y + (size_t)o * (size_t)N;
-			int i;
+			}
+}
 
-			for (i = 0; i < N; i++)
-				yo[i] += b[o];
+size_t
+nesa_conv2d_scratch(int C, int Ho, int Wo, int O, int kh, int kw, int groups)
+{
+	const size_t per = (size_t)(C / groups * kh * kw + O / groups) * (size_t)(Ho * Wo);
+
+	/* At least one image; else enough for several to make the GEMMs large. */
+	return per > NESA_CONV_BUDGET ? per : NESA_CONV_BUDGET;
+}
+
+void
+nesa_conv2d(const float *x, int64_t n, int C, int H, int W, const float *w, const float *b, int O,
+            int kh, int kw, int sh, int sw, int ph, int pw, int groups, float *y, float *scratch,
+            size_t scratch_len)
+{
+	const int Ho = nesa_conv_out(H, kh, sh, ph), Wo = nesa_conv_out(W, kw, sw, pw);
+	const int Cg = C / groups, Og = O / groups, K = Cg * kh * kw, N = Ho * Wo;
+	const int64_t per = (int64_t)(K + Og) * N;
+	int64_t chunk = (int64_t)scratch_len / per, i0, i, o;
+	int g;
+
+	if (chunk < 1)
+		chunk = 1;
+	for (i0 = 0; i0 < n; i0 += chunk) {
+		const int64_t m = n - i0 < chunk ? n - i0 : chunk, ld = m * N;
+		float *col = scratch, *tmp = scratch + (int64_t)K * ld;
+
+		for (g = 0; g < groups; g++) {
+			/* col (K, m * N): the patches of m images side by side, one GEMM for all. */
+			for (i = 0; i < m; i++)
+				im2col(x + (size_t)(i0 + i) * (size_t)(C * H * W) + (size_t)g * (size_t)(Cg * H * W),
+				       Cg, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, col, ld, i * N);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Og, (int)ld, K, 1.0f,
+			            w + (size_t)g * (size_t)Og * (size_t)K, K, col, (int)ld, 0.0f, tmp, (int)ld);
+			/* tmp (Og, m * N) -> y (m, O, N) with the bias. */
+			for (i = 0; i < m; i++)
+				for (o = 0; o < Og; o++) {
+					float *dst = y + ((size_t)(i0 + i) * (size_t)O + (size_t)(g * Og + o)) * (size_t)N;
+					const float *src = tmp + o * ld + i * N;
+					const float bias = b != NULL ? b[g * Og + o] : 0.0f;
+					int k;
+
+					for (k = 0; k < N; k++)
+						dst[k] = src[k] + bias;
+				}
 		}
+	}
 }
 
 static void

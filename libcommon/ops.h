@@ -68,12 +68,16 @@ void nesa_attention_ref(const float *q, int64_t rows, uint32_t pos0, const float
                         float *out, float *att);
 
 /*
- * 2-D convolution of one image: x (C, H, W), w (O, C / groups, kh, kw),
- * b (O) or NULL, y (O, Ho, Wo).  col is scratch of
- * (C / groups * kh * kw) * (Ho * Wo) floats (im2col + GEMM).
+ * 2-D convolution of n images: x (n, C, H, W), w (O, C / groups, kh, kw),
+ * b (O) or NULL, y (n, O, Ho, Wo).  im2col of as many images as scratch
+ * holds side by side, then one GEMM per group; scratch of scratch_len floats,
+ * at least nesa_conv2d_scratch().  The reference does one image directly.
  */
-void nesa_conv2d(const float *x, int C, int H, int W, const float *w, const float *b, int O,
-                 int kh, int kw, int sh, int sw, int ph, int pw, int groups, float *y, float *col);
+#define NESA_CONV_BUDGET ((size_t)1 << 21) /* floats of scratch worth using */
+size_t nesa_conv2d_scratch(int C, int Ho, int Wo, int O, int kh, int kw, int groups);
+void nesa_conv2d(const float *x, int64_t n, int C, int H, int W, const float *w, const float *b,
+                 int O, int kh, int kw, int sh, int sw, int ph, int pw, int groups, float *y,
+                 float *scratch, size_t scratch_len);
 void nesa_conv2d_ref(const float *x, int C, int H, int W, const float *w, const float *b, int O,
                      int kh, int kw, int sh, int sw, int ph, int pw, int groups, float *y);
 

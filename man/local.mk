@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 dist_man_MANS += man/nesa.7 man/nesa-profile.1 man/nesa-partition.1 man/nesa-quantize.1 \
 	man/nesa-decompose.1 man/nesa-run-shard.1 man/nesa-route.1 \
-	man/nesa-archive.5 man/nesa-graph.5
+	man/nesa-archive.5 man/nesa-graph.5 man/nesa-stream.5
 
 # Structural lint of every page: mandoc when present, groff otherwise.
 check-local: check-man

@@ -10,6 +10,7 @@ AM_TESTS_ENVIRONMENT = \
 	NESA_TEST_DATA='$(abs_top_srcdir)/tests/data'; export NESA_TEST_DATA; \
 	NESA_MODELS='$(abs_top_srcdir)/share/models'; export NESA_MODELS; \
 	NESA_MANDIR='$(abs_top_srcdir)/man'; export NESA_MANDIR; \
+	OPENBLAS_NUM_THREADS=1; export OPENBLAS_NUM_THREADS; \
 	SSHD='$(SSHD)'; export SSHD; \
 	: $${NESA_DATA:=$${NESA_DATA_DIR:-$(NESA_DATA_DIR)}}; \
 	test -n "$$NESA_DATA" || NESA_DATA='$(abs_top_srcdir)/../shared/data'; export NESA_DATA; \
@@ -37,7 +38,8 @@ UNIT_TESTS = \
 	tests/unit/test-llama2c \
 	tests/unit/test-quant \
 	tests/unit/test-ops \
-	tests/unit/test-exec
+	tests/unit/test-exec \
+	tests/unit/test-models
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_LDADD = $(NESA_LIBS) $(CMOCKA_LIBS)
@@ -70,12 +72,16 @@ tests_unit_test_ops_LDADD = $(UNIT_LDADD)
 tests_unit_test_ops_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_exec_LDADD = $(UNIT_LDADD)
 tests_unit_test_exec_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_models_LDADD = $(UNIT_LDADD)
+tests_unit_test_models_CPPFLAGS = $(UNIT_CPPFLAGS)
 endif
 
 CLI_TESTS = \
 	tests/cli/common-help-version.sh \
 	tests/cli/common-usage-errors.sh \
-	tests/cli/common-synopsis.sh
+	tests/cli/common-synopsis.sh \
+	tests/cli/route-stories.sh \
+	tests/cli/route-vision.sh
 TESTS += $(CLI_TESTS)
 EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
 	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README

@@ -24,10 +24,11 @@ static const struct nesa_tool tool = {
 	.synopsis =
 		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--ignore-eos] [--tokenizer file] -m model\n"
 		"[-fqv] [-o output] [-t threads] [--bytes n] [--context n] [--format fmt] [--window n] -m model --perplexity text\n"
-		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] -m model --classify images labels",
+		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] [--weights file] -m model --classify images labels",
 	.options =
 		"  -m, --model=MODEL         the model: a shard archive, GGUF, llama2.c checkpoint,\n"
-		"                            Hugging Face directory or graph file\n"
+		"                            Hugging Face directory or graph file; repeat it to\n"
+		"                            chain the stage archives of a model in one process\n"
 		"  -p, --prompt=TEXT         text to continue (default: empty)\n"
 		"  -l, --tokens=N            new tokens to generate (default 256)\n"
 		"  -T, --temperature=T       sampling temperature; 0 is greedy (default 0)\n"
@@ -42,6 +43,7 @@ static const struct nesa_tool tool = {
 		"      --classify            top-1 accuracy on IMAGES and LABELS operands\n"
 		"      --layout=nchw|nhwc    pixel order of raw and .npy images (default nchw)\n"
 		"      --limit=N             classify only the first N images\n"
+		"      --weights=FILE        safetensors weights of a graph file (default: as it names)\n"
 		"      --format=text|json    result format for --perplexity and --classify\n",
 	.std_opts = "iofstvqhV",
 };
@@ -57,6 +59,7 @@ enum {
 	OPT_LIMIT,
 	OPT_PERPLEXITY,
 	OPT_TOKENIZER,
+	OPT_WEIGHTS,
 	OPT_WINDOW,
 };
 
@@ -112,6 +115,7 @@ main(int argc, char **argv)
 		{"limit", required_argument, NULL, OPT_LIMIT},
 		{"perplexity", required_argument, NULL, OPT_PERPLEXITY},
 		{"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+		{"weights", required_argument, NULL, OPT_WEIGHTS},
 		{"window", required_argument, NULL, OPT_WINDOW},
 		{NULL, 0, NULL, 0},
 	};
@@ -119,13 +123,14 @@ main(int argc, char **argv)
 	struct nesa_gen_opts gen = {.n_tokens = 256, .top_p = 1.0f, .n_sessions = 1};
 	struct nesa_ppl_opts ppl = {0};
 	struct nesa_model_opts mopts = {0};
-	struct nesa_model *model = NULL;
+	struct nesa_model *models[64], *model = NULL;
+	int n_models = 0;
 	struct nesa_chain *chain = NULL;
 	struct nesa_out out;
 	struct nesa_err err;
 	enum mode mode = MODE_GENERATE;
 	enum nesa_layout layout = NESA_LAYOUT_NCHW;
-	const char *model_path = NULL, *ppl_path = NULL, *prompt_buf = NULL;
+	const char *model_paths[64], *model_path = NULL, *ppl_path = NULL, *prompt_buf = NULL;
 	char *file_prompt = NULL;
 	int json = 0, c, code, i;
 	int64_t v, limit = 0;
@@ -138,7 +143,11 @@ main(int argc, char **argv)
 	nesa_out_init(&out);
 	while ((c = getopt_long(argc, argv, NESA_CLI_SHORTOPTS "m:p:l:T:P:", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'm': model_path = optarg; break;
+		case 'm':
+			if (n_models == 64)
+				return nesa_usage_error(&tool, "at most 64 models (-m)");
+			model_paths[n_models++] = model_path = optarg;
+			break;
 		case 'p': prompt_buf = optarg; break;
 		case 'l':
 			if (!nesa_cli_parse_i64(&tool, "-l", optarg, 0, 1 << 30, &v))
@@ -187,6 +196,7 @@ main(int argc, char **argv)
 			break;
 		case OPT_PERPLEXITY: mode = MODE_PERPLEXITY; ppl_path = optarg; break;
 		case OPT_TOKENIZER: mopts.tokenizer = optarg; break;
+		case OPT_WEIGHTS: mopts.weights = optarg; break;
 		case OPT_WINDOW:
 			if (!nesa_cli_parse_i64(&tool, "--window", optarg, 2, 1 << 24, &v))
 				return nesa_exit_code(NESA_EUSAGE);
@@ -220,9 +230,16 @@ main(int argc, char **argv)
 		prompt_buf = file_prompt;
 	}
 	gen.prompt = prompt_buf;
-	s = nesa_model_load(model_path, &mopts, &model, &err);
-	if (s == NESA_OK)
-		s = nesa_chain_local(model, NULL, &chain, &err);
+	/* One model, or the stage archives of one model in order. */
+	for (i = 0; i < n_models; i++) {
+		s = nesa_model_load(model_paths[i], &mopts, &models[i], &err);
+		if (s != NESA_OK) {
+			n_models = i;
+			goto done;
+		}
+	}
+	model = models[0];
+	s = nesa_chain_local(models, n_models, NULL, &chain, &err);
 	if (s == NESA_OK)
 		s = nesa_out_open(&out, opts.output != NULL ? opts.output : "-", opts.force ? NESA_OUT_FORCE : 0, &err);
 	if (s != NESA_OK)
@@ -301,7 +318,8 @@ done:
 		nesa_out_abort(&out);
 	/* Release in reverse order of creation. */
 	nesa_chain_free(chain);
-	nesa_model_free(model);
+	for (i = 0; i < n_models; i++)
+		nesa_model_free(models[i]);
 	nesa_free(file_prompt);
 	return nesa_exit(s, &err);
 }

@@ -85,15 +85,31 @@ test_conv2d_against_ref(void **state)
 		const int C = cfg[i][0], H = cfg[i][1], W = cfg[i][2], O = cfg[i][3], k = cfg[i][4];
 		const int s = cfg[i][5], p = cfg[i][6], g = cfg[i][7];
 		const int Ho = nesa_conv_out(H, k, s, p), Wo = nesa_conv_out(W, k, s, p);
-		float x[4 * 10 * 10], w[6 * 4 * 5 * 5], b[6], y[6 * 10 * 10], ref[6 * 10 * 10];
-		float col[4 * 25 * 100];
+		static float x[3][4 * 10 * 10], y[3][6 * 10 * 10], ref[3][6 * 10 * 10];
+		float w[6 * 4 * 5 * 5], b[6];
+		size_t len;
+		int im;
 
-		fill(x, C * H * W, &seed);
+		for (im = 0; im < 3; im++)
+			fill(x[im], C * H * W, &seed);
 		fill(w, O * (C / g) * k * k, &seed);
 		fill(b, O, &seed);
-		nesa_conv2d(x, C, H, W, w, b, O, k, k, s, s, p, p, g, y, col);
-		nesa_conv2d_ref(x, C, H, W, w, b, O, k, k, s, s, p, p, g, ref);
-		assert_close(y, ref, O * Ho * Wo, ATOL, RTOL);
+		/* Scratch for one image at a time, and for all three at once. */
+		for (len = (size_t)(C / g * k * k + O / g) * (size_t)(Ho * Wo); len < 1000000; len *= 3) {
+			float *scratch = malloc(len * sizeof *scratch);
+			float *xs = malloc(sizeof x), *ys = malloc(sizeof y);
+
+			for (im = 0; im < 3; im++)
+				memcpy(xs + im * C * H * W, x[im], (size_t)(C * H * W) * sizeof(float));
+			nesa_conv2d(xs, 3, C, H, W, w, b, O, k, k, s, s, p, p, g, ys, scratch, len);
+			for (im = 0; im < 3; im++) {
+				nesa_conv2d_ref(x[im], C, H, W, w, b, O, k, k, s, s, p, p, g, ref[im]);
+				assert_close(ys + im * O * Ho * Wo, ref[im], O * Ho * Wo, ATOL, RTOL);
+			}
+			free(scratch);
+			free(xs);
+			free(ys);
+		}
 	}
 }
 
