@@ -26,6 +26,19 @@ struct nesa_chain_ops {
 	                        const float **out, int64_t *out_rows, struct nesa_err *err);
 	void (*end)(void *impl, uint64_t session);
 	void (*free)(void *impl);
+	/*
+	 * Optional, for keeping several batches in flight through a pipeline:
+	 * submit sends a batch and returns at once; collect waits for the
+	 * oldest submitted batch's output (same contract as run's *out).
+	 * Outputs come back in submission order.  NULL when the chain runs
+	 * one batch at a time.
+	 */
+	enum nesa_status (*submit)(void *impl, const struct nesa_seg *segs, int n_segs, const void *in,
+	                           struct nesa_err *err);
+	enum nesa_status (*collect)(void *impl, const float **out, int64_t *out_rows,
+	                            struct nesa_err *err);
+	/* Optional: writes a per-stage summary (-v) through the log. */
+	void (*report)(void *impl);
 };
 
 struct nesa_chain {

@@ -23,6 +23,7 @@
 
 #include "cli.h"
 #include "linalg.h"
+#include "parallel.h"
 #include "log.h"
 #include "version.h"
 
@@ -284,6 +285,7 @@ nesa_exit(enum nesa_status status, const struct nesa_err *err)
 {
 	int code = nesa_exit_code(status);
 
+	nesa_parallel_shutdown();
 	/* A reader that stopped early (| head) is not worth a message. */
 	if (status != NESA_OK && err != NULL && err->sys_errno != EPIPE)
 		nesa_log_err(err);

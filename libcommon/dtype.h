@@ -55,6 +55,15 @@ struct nesa_dtype_traits {
 	 * (a NaN or infinite scale); NULL when every bit pattern is valid.
 	 */
 	enum nesa_status (*validate)(const void *src, int64_t n, struct nesa_err *err);
+	/*
+	 * Fused product with a weight of this type, without converting the
+	 * whole weight: y (rows, out) = x (rows, in) W^T for W (out, in) whose
+	 * rows are `stride` bytes apart.  Fast kernels chosen at run time by
+	 * CPU features; threads from nesa_parallel_for.  NULL when the runtime
+	 * converts weight rows to f32 one at a time instead.
+	 */
+	void (*matmul)(const void *w, size_t stride, int64_t out, int64_t in, const float *x,
+	               int64_t rows, float *y);
 };
 
 /* Traits of a dtype id, or NULL if the id is unknown. */

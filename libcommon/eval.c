@@ -21,6 +21,15 @@ struct gen {
 	bool done;
 };
 
+/* A group of sessions that goes through the chain as one batch. */
+struct group {
+	int first, count;        /* sessions [first, first + count) */
+	struct nesa_seg *segs;   /* (count) the batch in flight */
+	int32_t *in;             /* (count * prompt) its tokens */
+	int *who;                /* (count) session of each segment */
+	int n;                   /* segments in flight */
+};
+
 static enum nesa_status
 emit_token(const struct nesa_tokenizer *tok, int32_t prev, int32_t id, nesa_text_fn emit, void *ctx,
            int index, struct nesa_err *err)
@@ -35,6 +44,16 @@ emit_token(const struct nesa_tokenizer *tok, int32_t prev, int32_t id, nesa_text
 	return emit(ctx, index, text, n);
 }
 
+/* Sends a group's batch: asynchronously when the chain can, else at once. */
+static enum nesa_status
+send_group(struct nesa_chain *c, struct group *gr, const float **out, int64_t *rows,
+           struct nesa_err *err)
+{
+	if (c->ops->submit != NULL)
+		return c->ops->submit(c->impl, gr->segs, gr->n, gr->in, err);
+	return nesa_chain_run(c, gr->segs, gr->n, gr->in, out, rows, err);
+}
+
 enum nesa_status
 nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const struct nesa_gen_opts *o,
               nesa_text_fn emit, void *ctx, struct nesa_gen_stats *st, struct nesa_err *err)
@@ -42,14 +61,15 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 	const int ns = o->n_sessions > 0 ? o->n_sessions : 1;
 	const int32_t bos = nesa_tokenizer_bos(tok), eos = nesa_tokenizer_eos(tok);
 	struct gen *g = NULL;
-	struct nesa_seg *segs = NULL;
-	int32_t *ids = NULL, *in = NULL;
+	struct group *grp = NULL;
+	int *fifo = NULL;        /* groups in flight, oldest first */
+	int32_t *ids = NULL;
 	size_t n_ids = 0;
-	const float *out;
+	const float *out = NULL;
 	float *logits = NULL;
-	int64_t rows;
+	int64_t rows = 0;
 	double t0;
-	int i, k, active;
+	int i, k, n_groups, head = 0, pending = 0;
 	size_t j;
 	enum nesa_status s;
 
@@ -71,13 +91,24 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 		nesa_log(NESA_LOG_WARN, "prompt (%zu tokens) and %d new tokens exceed the context of %d: generation will stop there",
 		         n_ids, o->n_tokens, c->max_positions);
 	st->prompt_tokens = (int64_t)n_ids;
+	/* Groups only help when batches can be in flight together. */
+	n_groups = c->ops->submit == NULL ? 1 : o->groups > 0 ? o->groups : 2;
+	if (n_groups > ns)
+		n_groups = ns;
 	g = nesa_calloc((size_t)ns, sizeof *g);
-	segs = nesa_calloc((size_t)ns, sizeof *segs);
-	in = nesa_malloc((size_t)ns * n_ids * sizeof *in);
+	grp = nesa_calloc((size_t)n_groups, sizeof *grp);
+	fifo = nesa_calloc((size_t)n_groups, sizeof *fifo);
 	logits = nesa_malloc((size_t)c->out_elems * sizeof *logits);
-	if (g == NULL || segs == NULL || in == NULL || logits == NULL) {
-		s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
-		goto out;
+	if (g == NULL || grp == NULL || fifo == NULL || logits == NULL)
+		goto oom;
+	for (k = 0; k < n_groups; k++) {
+		grp[k].first = k * ns / n_groups;
+		grp[k].count = (k + 1) * ns / n_groups - grp[k].first;
+		grp[k].segs = nesa_calloc((size_t)grp[k].count, sizeof *grp[k].segs);
+		grp[k].in = nesa_malloc((size_t)grp[k].count * n_ids * sizeof *grp[k].in);
+		grp[k].who = nesa_calloc((size_t)grp[k].count, sizeof *grp[k].who);
+		if (grp[k].segs == NULL || grp[k].in == NULL || grp[k].who == NULL)
+			goto oom;
 	}
 	for (i = 0; i < ns; i++) {
 		s = nesa_sampler_init(&g[i].sampler, (int)c->out_elems, o->temperature, o->top_p,
@@ -90,28 +121,39 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 		for (i = 0; i < ns; i++)
 			if ((s = emit_token(tok, ids[j - 1], ids[j], emit, ctx, i, err)) != NESA_OK)
 				goto out;
-	/* Prefill: every session's prompt in one batch, last rows only. */
+	/* Prefill: each group's prompts in one batch, last rows only. */
 	t0 = nesa_now();
-	for (i = 0; i < ns; i++) {
-		segs[i] = (struct nesa_seg){o->session_base + (uint64_t)i, 0, (uint32_t)n_ids, true};
-		memcpy(in + (size_t)i * n_ids, ids, n_ids * sizeof *ids);
-		g[i].last = ids[n_ids - 1];
-		g[i].pos = (uint32_t)n_ids;
+	for (k = 0; k < n_groups; k++) {
+		struct group *gr = &grp[k];
+
+		for (gr->n = 0; gr->n < gr->count; gr->n++) {
+			i = gr->first + gr->n;
+			gr->segs[gr->n] = (struct nesa_seg){o->session_base + (uint64_t)i, 0, (uint32_t)n_ids, true};
+			gr->who[gr->n] = i;
+			memcpy(gr->in + (size_t)gr->n * n_ids, ids, n_ids * sizeof *ids);
+			g[i].last = ids[n_ids - 1];
+			g[i].pos = (uint32_t)n_ids;
+		}
+		if ((s = send_group(c, gr, &out, &rows, err)) != NESA_OK)
+			goto out;
+		fifo[(head + pending++) % n_groups] = k;
 	}
-	s = nesa_chain_run(c, segs, ns, in, &out, &rows, err);
-	st->prefill_s = nesa_now() - t0;
-	if (s != NESA_OK)
-		goto out;
-	t0 = nesa_now();
-	for (;;) {
-		/* Sample every active session from its row of logits. */
-		active = 0;
-		for (i = 0, k = 0; i < ns; i++) {
+	while (pending > 0) {
+		struct group *gr = &grp[fifo[head]];
+		int n_next = 0;
+
+		head = (head + 1) % n_groups;
+		pending--;
+		if (c->ops->collect != NULL && (s = c->ops->collect(c->impl, &out, &rows, err)) != NESA_OK)
+			goto out;
+		if (st->prefill_s == 0 && st->generated == 0)
+			st->prefill_s = nesa_now() - t0;
+		/* Sample each session of the group from its row of logits. */
+		for (k = 0; k < gr->n; k++) {
 			int32_t next;
 
-			if (g[i].done)
-				continue;
-			memcpy(logits, out + (int64_t)k++ * c->out_elems, (size_t)c->out_elems * sizeof *logits);
+			i = gr->who[k];
+			memcpy(logits, out + (int64_t)k * c->out_elems, (size_t)c->out_elems * sizeof *logits);
 			next = nesa_sampler_next(&g[i].sampler, logits);
 			if (!o->ignore_eos && (next == bos || next == eos)) {
 				g[i].done = true;
@@ -126,25 +168,36 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 				g[i].done = true;
 				continue;
 			}
-			segs[active] = (struct nesa_seg){o->session_base + (uint64_t)i, g[i].pos, 1, true};
-			in[active++] = next;
+			gr->segs[n_next] = (struct nesa_seg){o->session_base + (uint64_t)i, g[i].pos, 1, true};
+			gr->who[n_next] = i;
+			gr->in[n_next++] = next;
 			g[i].pos++;
 		}
-		if (active == 0)
-			break;
-		s = nesa_chain_run(c, segs, active, in, &out, &rows, err);
-		if (s != NESA_OK)
-			goto out;
+		gr->n = n_next;
+		if (n_next > 0) {
+			if ((s = send_group(c, gr, &out, &rows, err)) != NESA_OK)
+				goto out;
+			fifo[(head + pending++) % n_groups] = (int)(gr - grp);
+		}
 	}
-	st->decode_s = nesa_now() - t0;
+	st->decode_s = nesa_now() - t0 - st->prefill_s;
+	goto out;
+oom:
+	s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
 out:
 	for (i = 0; g != NULL && i < ns; i++) {
 		nesa_sampler_release(&g[i].sampler);
-		nesa_chain_end(c, o->session_base + (uint64_t)i);
+		if (s == NESA_OK)
+			nesa_chain_end(c, o->session_base + (uint64_t)i);
 	}
+	for (k = 0; grp != NULL && k < n_groups; k++) {
+		nesa_free(grp[k].segs);
+		nesa_free(grp[k].in);
+		nesa_free(grp[k].who);
+	}
+	nesa_free(grp);
+	nesa_free(fifo);
 	nesa_free(g);
-	nesa_free(segs);
-	nesa_free(in);
 	nesa_free(logits);
 	nesa_free(ids);
 	return s;

@@ -22,6 +22,8 @@ struct nesa_gen_opts {
 	uint64_t seed;        /* session i samples with seed + i */
 	bool ignore_eos;      /* do not stop at BOS/EOS */
 	int n_sessions;       /* independent generations decoded together (>= 1) */
+	int groups;           /* sessions split into this many groups kept in flight
+	                         together through a pipeline (0: one per stage) */
 	uint64_t session_base;/* session ids are session_base + i */
 };
 
@@ -41,6 +43,9 @@ typedef enum nesa_status (*nesa_text_fn)(void *ctx, int index, const char *bytes
  * Encodes the prompt with BOS, prefills it, then samples up to n_tokens
  * new tokens per session, stopping a session at BOS or EOS unless
  * ignore_eos.  Emits the prompt's text, then each new token's text.
+ * Through a pipeline, the sessions form groups that are in different
+ * stages at the same time, so every stage has work (pipeline parallelism);
+ * each session's tokens are the same whatever the grouping.
  */
 enum nesa_status nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok,
                                const struct nesa_gen_opts *o, nesa_text_fn emit, void *ctx,

@@ -20,12 +20,20 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/log.c libcommon/log.h \
 	libcommon/model.c libcommon/model.h \
 	libcommon/nesa.h \
+	libcommon/net.c libcommon/net.h \
 	libcommon/npy.c libcommon/npy.h \
 	libcommon/ops.c libcommon/ops.h \
+	libcommon/parallel.c libcommon/parallel.h \
+	libcommon/pipeline.c libcommon/pipeline.h \
 	libcommon/plan.c libcommon/plan.h \
+	libcommon/planner.c libcommon/planner.h \
+	libcommon/profile.c libcommon/profile.h \
 	libcommon/quant.c libcommon/quant.h \
+	libcommon/quant-fast.c \
+	libcommon/quantize.c libcommon/quantize.h \
 	libcommon/safetensors.c libcommon/safetensors.h \
 	libcommon/sample.c libcommon/sample.h \
+	libcommon/serve.c libcommon/serve.h \
 	libcommon/shard.c libcommon/shard.h \
 	libcommon/stream.c libcommon/stream.h \
 	libcommon/tensor.c libcommon/tensor.h \

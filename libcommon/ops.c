@@ -65,6 +65,8 @@ nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *
 		else
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in,
 			            1.0f, x, (int)in, W, (int)in, 0.0f, y, (int)out);
+	} else if (nesa_dtype_traits(w->dtype)->matmul != NULL) {
+		nesa_dtype_traits(w->dtype)->matmul(w->data, w->stride[0], out, in, x, rows, y);
 	} else {
 		const struct nesa_dtype_traits *tr = nesa_dtype_traits(w->dtype);
 

@@ -902,7 +902,7 @@ encode_header(struct nesa_stream *s, const struct nesa_frame *f, unsigned char *
 
 	if (f->kind < NESA_FRAME_TENSOR || f->kind > NESA_FRAME_EOS)
 		return refuse(s, NESA_EINVAL, "bad kind %d", (int)f->kind);
-	if (f->flags & ~NESA_FRAME_FLAG_LAST)
+	if (f->flags & ~NESA_FRAME_FLAGS)
 		return refuse(s, NESA_EINVAL, "reserved flags 0x%02x set", (unsigned)f->flags);
 	if (f->payload_len > s->limit)
 		return refuse(s, NESA_ELIMIT, "payload of %zu bytes exceeds the limit of %zu bytes",
@@ -934,8 +934,11 @@ encode_header(struct nesa_stream *s, const struct nesa_frame *f, unsigned char *
 	} else if (f->kind == NESA_FRAME_ERROR) {
 		if (!error_payload_ok(f->payload, f->payload_len, &why))
 			return refuse(s, NESA_EINVAL, "%s", why);
+	} else if (f->kind == NESA_FRAME_BEGIN) {
+		if (f->payload_len > NESA_FRAME_BEGIN_MAX)
+			return refuse(s, NESA_EINVAL, "a begin frame carries at most %d bytes", NESA_FRAME_BEGIN_MAX);
 	} else if (f->payload_len != 0) {
-		return refuse(s, NESA_EINVAL, "a %s frame carries no payload", nesa_frame_kind_name(f->kind));
+		return refuse(s, NESA_EINVAL, "%s frames carry no payload", nesa_frame_kind_name(f->kind));
 	}
 	memcpy(h, NESA_STREAM_MAGIC, 4);
 	put16(h + OFF(version), NESA_STREAM_VERSION);
@@ -1277,7 +1280,7 @@ decode_header(struct nesa_stream *s, const unsigned char *h, struct nesa_frame *
 		           get16(h + OFF(version)), NESA_STREAM_VERSION);
 	if (h[OFF(kind)] < NESA_FRAME_TENSOR || h[OFF(kind)] > NESA_FRAME_EOS)
 		return bad(s, NESA_EFORMAT, "unknown kind %u", h[OFF(kind)]);
-	if (h[OFF(flags)] & ~NESA_FRAME_FLAG_LAST)
+	if (h[OFF(flags)] & ~NESA_FRAME_FLAGS)
 		return bad(s, NESA_EFORMAT, "reserved flags 0x%02x set", h[OFF(flags)]);
 	if (ndim > 4)
 		return bad(s, NESA_ESHAPE, "%u dimensions (at most 4)", ndim);
@@ -1321,7 +1324,8 @@ decode_header(struct nesa_stream *s, const unsigned char *h, struct nesa_frame *
 			           nesa_shape_str(f->ndim, f->shape, shape, sizeof shape), nbytes);
 	} else if (f->codec != 0 || ndim != 0) {
 		return bad(s, NESA_EFORMAT, "%s frame with a codec or dimensions", nesa_frame_kind_name(f->kind));
-	} else if (f->kind == NESA_FRAME_ERROR ? len < ERROR_FIXED || len > ERROR_PAYLOAD_MAX : len != 0) {
+	} else if (f->kind == NESA_FRAME_ERROR ? len < ERROR_FIXED || len > ERROR_PAYLOAD_MAX
+	           : f->kind == NESA_FRAME_BEGIN ? len > NESA_FRAME_BEGIN_MAX : len != 0) {
 		return bad(s, NESA_EFORMAT, "%s frame with a payload of %llu bytes",
 		           nesa_frame_kind_name(f->kind), (unsigned long long)len);
 	}

@@ -54,6 +54,16 @@ enum nesa_frame_kind {
 
 /* flags: the last frame of a group (e.g. the last slot of one step). */
 #define NESA_FRAME_FLAG_LAST 0x01u
+/*
+ * Only the output of the frame's last row is wanted (text generation): the
+ * stage holding the model's output head computes that row only.  Stages
+ * before it pass the flag on.
+ */
+#define NESA_FRAME_FLAG_LASTROW 0x02u
+#define NESA_FRAME_FLAGS (NESA_FRAME_FLAG_LAST | NESA_FRAME_FLAG_LASTROW)
+
+/* Begin frames may carry a UTF-8 JSON object of at most this many bytes. */
+#define NESA_FRAME_BEGIN_MAX 65536
 
 struct nesa_frame {
 	enum nesa_frame_kind kind;

@@ -429,7 +429,8 @@ not edit by hand. Random weights: the model is meaningless, it only pins down th
 - RoPE is HF's half-split form (rotate_half): within each head of {hd}, element i rotates
   with element i + {hh} by angle pos · 10000^(-2i/{hd}), i < {hh}. q_proj/k_proj rows are
   in HF order (not Meta's interleaved order); an importer for an interleaved-pair runtime
-  must permute them.
+  must permute them: interleaved row h*{hd} + 2i + j = HF row h*{hd} + j*{hh} + i
+  (i < {hh}, j in 0..1, per q or kv head h), i.e. `w.view(n, 2, {hh}, D).transpose(1, 2)`.
 - `ref_tokens.i32`: {T} token ids (int32 LE; BOS 1 then seeded random ids).
 - `ref_logits.f32`: float32 LE [{T}][{V}] logits of one causal forward pass over those
   tokens at positions 0..{T1} (row t scores the token after position t). RMSNorm:

@@ -39,7 +39,10 @@ UNIT_TESTS = \
 	tests/unit/test-quant \
 	tests/unit/test-ops \
 	tests/unit/test-exec \
-	tests/unit/test-models
+	tests/unit/test-models \
+	tests/unit/test-planner \
+	tests/unit/test-profile \
+	tests/unit/test-quantize
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_LDADD = $(NESA_LIBS) $(CMOCKA_LIBS)
@@ -74,6 +77,12 @@ tests_unit_test_exec_LDADD = $(UNIT_LDADD)
 tests_unit_test_exec_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_models_LDADD = $(UNIT_LDADD)
 tests_unit_test_models_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_planner_LDADD = $(UNIT_LDADD)
+tests_unit_test_planner_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_profile_LDADD = $(UNIT_LDADD)
+tests_unit_test_profile_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_quantize_LDADD = $(UNIT_LDADD)
+tests_unit_test_quantize_CPPFLAGS = $(UNIT_CPPFLAGS)
 endif
 
 CLI_TESTS = \
@@ -81,7 +90,12 @@ CLI_TESTS = \
 	tests/cli/common-usage-errors.sh \
 	tests/cli/common-synopsis.sh \
 	tests/cli/route-stories.sh \
-	tests/cli/route-vision.sh
+	tests/cli/route-vision.sh \
+	tests/cli/route-bundled.sh \
+	tests/cli/pipeline-local.sh \
+	tests/cli/pipeline-tcp.sh \
+	tests/cli/pipeline-ssh.sh \
+	tests/cli/pipeline-failures.sh
 TESTS += $(CLI_TESTS)
 EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
 	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README

@@ -11,24 +11,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "chain.h"
 #include "eval.h"
 #include "model.h"
 #include "nesa.h"
+#include "pipeline.h"
+#include "plan.h"
 
 static const struct nesa_tool tool = {
 	.name = "nesa-route",
 	.purpose = "generate text, measure perplexity or classify images with a model",
 	.synopsis =
-		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--ignore-eos] [--tokenizer file] -m model\n"
-		"[-fqv] [-o output] [-t threads] [--bytes n] [--context n] [--format fmt] [--window n] -m model --perplexity text\n"
-		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] [--weights file] -m model --classify images labels",
+		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--groups n] [--ignore-eos] [--tokenizer file] stages\n"
+		"[-fqv] [-o output] [-t threads] [--bytes n] [--context n] [--format fmt] [--window n] --perplexity text stages\n"
+		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] [--weights file] --classify images labels stages",
 	.options =
+		"stages is one of:\n"
 		"  -m, --model=MODEL         the model: a shard archive, GGUF, llama2.c checkpoint,\n"
 		"                            Hugging Face directory or graph file; repeat it to\n"
 		"                            chain the stage archives of a model in one process\n"
+		"      --plan=FILE           run the stages of a plan from nesa-partition\n"
+		"      --stage=SPEC          a stage process: an archive, tcp://HOST:PORT or a\n"
+		"                            command such as 'ssh -T host nesa-run-shard s1.nsa';\n"
+		"                            repeat it for each stage, in order (with stages, -m\n"
+		"                            only supplies the tokenizer)\n"
+		"      --timeout=SECONDS     a stage silent this long with work pending failed (120)\n"
+		"      --codec=TYPE          activations between local stages as TYPE (default f32)\n"
+		"      --groups=N            session groups kept in flight through the stages\n"
 		"  -p, --prompt=TEXT         text to continue (default: empty)\n"
 		"  -l, --tokens=N            new tokens to generate (default 256)\n"
 		"  -T, --temperature=T       sampling temperature; 0 is greedy (default 0)\n"
@@ -52,12 +64,17 @@ enum {
 	OPT_BATCH = NESA_CLI_LONGONLY_BASE,
 	OPT_BYTES,
 	OPT_CLASSIFY,
+	OPT_CODEC,
 	OPT_CONTEXT,
 	OPT_FORMAT,
+	OPT_GROUPS,
 	OPT_IGNORE_EOS,
 	OPT_LAYOUT,
 	OPT_LIMIT,
 	OPT_PERPLEXITY,
+	OPT_PLAN,
+	OPT_STAGE,
+	OPT_TIMEOUT,
 	OPT_TOKENIZER,
 	OPT_WEIGHTS,
 	OPT_WINDOW,
@@ -108,12 +125,17 @@ main(int argc, char **argv)
 		{"batch", required_argument, NULL, OPT_BATCH},
 		{"bytes", required_argument, NULL, OPT_BYTES},
 		{"classify", no_argument, NULL, OPT_CLASSIFY},
+		{"codec", required_argument, NULL, OPT_CODEC},
 		{"context", required_argument, NULL, OPT_CONTEXT},
 		{"format", required_argument, NULL, OPT_FORMAT},
+		{"groups", required_argument, NULL, OPT_GROUPS},
 		{"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
 		{"layout", required_argument, NULL, OPT_LAYOUT},
 		{"limit", required_argument, NULL, OPT_LIMIT},
 		{"perplexity", required_argument, NULL, OPT_PERPLEXITY},
+		{"plan", required_argument, NULL, OPT_PLAN},
+		{"stage", required_argument, NULL, OPT_STAGE},
+		{"timeout", required_argument, NULL, OPT_TIMEOUT},
 		{"tokenizer", required_argument, NULL, OPT_TOKENIZER},
 		{"weights", required_argument, NULL, OPT_WEIGHTS},
 		{"window", required_argument, NULL, OPT_WINDOW},
@@ -131,6 +153,11 @@ main(int argc, char **argv)
 	enum mode mode = MODE_GENERATE;
 	enum nesa_layout layout = NESA_LAYOUT_NCHW;
 	const char *model_paths[64], *model_path = NULL, *ppl_path = NULL, *prompt_buf = NULL;
+	const char *stages[256], *plan_path = NULL;
+	char *plan_specs[256];
+	struct nesa_pipe_opts popts = {0};
+	struct nesa_plan plan;
+	int n_stages = 0, n_plan = 0;
 	char *file_prompt = NULL;
 	int json = 0, c, code, i;
 	int64_t v, limit = 0;
@@ -174,6 +201,23 @@ main(int argc, char **argv)
 				return nesa_exit_code(NESA_EUSAGE);
 			break;
 		case OPT_CLASSIFY: mode = MODE_CLASSIFY; break;
+		case OPT_CODEC: popts.codec = optarg; break;
+		case OPT_GROUPS:
+			if (!nesa_cli_parse_i64(&tool, "--groups", optarg, 1, 4096, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.groups = (int)v;
+			break;
+		case OPT_PLAN: plan_path = optarg; break;
+		case OPT_STAGE:
+			if (n_stages == 256)
+				return nesa_usage_error(&tool, "at most 256 stages");
+			stages[n_stages++] = optarg;
+			break;
+		case OPT_TIMEOUT:
+			if (!nesa_cli_parse_i64(&tool, "--timeout", optarg, 1, 86400, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			popts.timeout_ms = (int)v * 1000;
+			break;
 		case OPT_CONTEXT:
 			if (!nesa_cli_parse_i64(&tool, "--context", optarg, 1, 1 << 24, &v))
 				return nesa_exit_code(NESA_EUSAGE);
@@ -208,8 +252,12 @@ main(int argc, char **argv)
 		}
 	}
 	/* Validate the combination before touching any file. */
-	if (model_path == NULL)
-		return nesa_usage_error(&tool, "a model is required (-m MODEL)");
+	if (plan_path != NULL && n_stages > 0)
+		return nesa_usage_error(&tool, "give --plan or --stage, not both");
+	if (model_path == NULL && plan_path == NULL && n_stages == 0)
+		return nesa_usage_error(&tool, "a model is required (-m MODEL, --plan FILE or --stage SPEC)");
+	if ((plan_path != NULL || n_stages > 0) && n_models > 1)
+		return nesa_usage_error(&tool, "with stages, -m names one model or archive for the tokenizer");
 	if (mode == MODE_CLASSIFY && argc - optind != 2)
 		return nesa_usage_error(&tool, "--classify needs two operands: IMAGES LABELS");
 	if (mode != MODE_CLASSIFY && argc - optind != 0)
@@ -218,6 +266,8 @@ main(int argc, char **argv)
 		return nesa_usage_error(&tool, "give the prompt with -p or -i, not both");
 	nesa_cli_apply(&opts);
 	nesa_xio_install_cleanup();
+	nesa_plan_init(&plan);
+	popts.threads = opts.threads;
 	gen.seed = opts.seed;
 	gen.session_base = 1;
 
@@ -230,22 +280,64 @@ main(int argc, char **argv)
 		prompt_buf = file_prompt;
 	}
 	gen.prompt = prompt_buf;
-	/* One model, or the stage archives of one model in order. */
-	for (i = 0; i < n_models; i++) {
-		s = nesa_model_load(model_paths[i], &mopts, &models[i], &err);
-		if (s != NESA_OK) {
-			n_models = i;
-			goto done;
+	if (plan_path != NULL) {
+		/* A plan's archives are relative to its directory; commands are used as given. */
+		char dir[4096];
+		const char *slash = strrchr(plan_path, '/');
+
+		snprintf(dir, sizeof dir, "%.*s", slash != NULL ? (int)(slash - plan_path) : 1,
+		         slash != NULL ? plan_path : ".");
+		s = nesa_plan_load(plan_path, &plan, &err);
+		for (i = 0; s == NESA_OK && i < plan.n_stages && i < 256; i++) {
+			const struct nesa_plan_stage *ps = &plan.stages[i];
+			size_t len = strlen(dir) + (ps->archive != NULL ? strlen(ps->archive) : 0) + 2;
+
+			plan_specs[n_plan] = ps->command != NULL ? nesa_strdup(ps->command) : nesa_malloc(len);
+			if (plan_specs[n_plan] == NULL) {
+				s = nesa_err_set(&err, NESA_ENOMEM, "out of memory");
+				break;
+			}
+			if (ps->command == NULL)
+				snprintf(plan_specs[n_plan], len, "%s/%s", dir, ps->archive != NULL ? ps->archive : "");
+			stages[n_stages++] = plan_specs[n_plan++];
 		}
+		if (s != NESA_OK)
+			goto done;
 	}
-	model = models[0];
-	s = nesa_chain_local(models, n_models, NULL, &chain, &err);
+	if (n_stages > 0) {
+		struct stat sb;
+
+		/* The tokenizer: -m, else the first stage that is a local archive. */
+		for (i = 0; model_path == NULL && i < n_stages; i++)
+			if (stat(stages[i], &sb) == 0 && S_ISREG(sb.st_mode))
+				model_path = stages[i];
+		if (gen.groups == 0)
+			gen.groups = n_stages;
+		s = nesa_chain_pipeline(stages, n_stages, &popts, &chain, &err);
+		if (s == NESA_OK && model_path != NULL)
+			s = nesa_model_load(model_path, &mopts, &models[n_models++], &err);
+		model = n_models > 0 ? models[0] : NULL;
+		if (s != NESA_OK)
+			goto done;
+	} else {
+		/* One model, or the stage archives of one model in order. */
+		for (i = 0; i < n_models; i++) {
+			s = nesa_model_load(model_paths[i], &mopts, &models[i], &err);
+			if (s != NESA_OK) {
+				n_models = i;
+				goto done;
+			}
+		}
+		model = models[0];
+		s = nesa_chain_local(models, n_models, NULL, &chain, &err);
+	}
 	if (s == NESA_OK)
 		s = nesa_out_open(&out, opts.output != NULL ? opts.output : "-", opts.force ? NESA_OUT_FORCE : 0, &err);
 	if (s != NESA_OK)
 		goto done;
-	if (mode != MODE_CLASSIFY && model->tok == NULL) {
-		s = nesa_err_set(&err, NESA_EINVAL, "'%s' has no tokenizer (give --tokenizer FILE)", model_path);
+	if (mode != MODE_CLASSIFY && (model == NULL || model->tok == NULL)) {
+		s = model == NULL ? nesa_err_set(&err, NESA_EINVAL, "no tokenizer: give -m with a model or archive that has one")
+		                  : nesa_err_set(&err, NESA_EINVAL, "'%s' has no tokenizer (give --tokenizer FILE)", model_path);
 		goto done;
 	}
 	if (mode == MODE_GENERATE) {
@@ -267,9 +359,11 @@ main(int argc, char **argv)
 		}
 		nesa_free(ec.texts);
 		nesa_free(ec.lens);
+		if (s == NESA_OK && chain->ops->report != NULL && nesa_log_enabled(NESA_LOG_INFO))
+			chain->ops->report(chain->impl);
 		if (s == NESA_OK)
-			nesa_log(NESA_LOG_INFO, "%lld prompt tokens, %lld generated: prefill %.1f tokens/s, decode %.1f tokens/s",
-			         (long long)st.prompt_tokens, (long long)st.generated,
+			nesa_log(NESA_LOG_INFO, "%lld prompt tokens x %d, %lld generated: prefill %.1f tokens/s, decode %.1f tokens/s",
+			         (long long)st.prompt_tokens, gen.n_sessions, (long long)st.generated,
 			         st.prefill_s > 0 ? (double)st.prompt_tokens * gen.n_sessions / st.prefill_s : 0.0,
 			         st.decode_s > 0 ? (double)st.generated / st.decode_s : 0.0);
 	} else if (mode == MODE_PERPLEXITY) {
@@ -320,6 +414,9 @@ done:
 	nesa_chain_free(chain);
 	for (i = 0; i < n_models; i++)
 		nesa_model_free(models[i]);
+	for (i = 0; i < n_plan; i++)
+		nesa_free(plan_specs[i]);
+	nesa_plan_release(&plan);
 	nesa_free(file_prompt);
 	return nesa_exit(s, &err);
 }

@@ -46,3 +46,31 @@ man_synopsis() {
 	fi | sed 's/.\x08//g' | awk '/^SYNOPSIS/ {on=1; next} /^[A-Z]/ {on=0} on' |
 		sed 's/^ *//; s/ *$//; /^$/d' | tr -s ' '
 }
+
+# npy_i32 FILE V...: a NumPy .npy file holding the int32 vector V...
+npy_i32() {
+	f=$1; shift
+	perl -e '
+		my $h = sprintf("{\x27descr\x27: \x27<i4\x27, \x27fortran_order\x27: False, \x27shape\x27: (%d,), }", scalar @ARGV);
+		$h .= " " x (127 - 10 - length $h) . "\n";
+		print "\x93NUMPY\x01\x00", pack("v", length $h), $h, pack("l<*", @ARGV);' "$@" >"$f" ||
+		framework_failure "cannot write $f"
+}
+
+# free_port: a TCP port nothing listens on now (a race remains; callers retry).
+free_port() {
+	perl -MIO::Socket::INET -e '
+		my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0) or exit 1;
+		print $s->sockport, "\n";'
+}
+
+# wait_port PORT: wait up to 10 s for something to accept on 127.0.0.1:PORT.
+wait_port() {
+	i=0
+	while [ $i -lt 100 ]; do
+		perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => "127.0.0.1", PeerPort => $ARGV[0]) or exit 1' "$1" && return 0
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 1
+}

@@ -233,6 +233,28 @@ test_stories260k_shards(void **state)
 	free(ref);
 }
 
+/* The bundled story model against its training script's reference logits. */
+static void
+test_story(void **state)
+{
+	const char *bin = data_path("NESA_MODELS", "story/model.bin");
+	const char *tokf = data_path("NESA_TEST_DATA", "story_ref_tokens.i32");
+	const char *logf = data_path("NESA_TEST_DATA", "story_ref_logits.f32");
+	size_t nt, nl;
+	int32_t *tok;
+	float *ref;
+
+	(void)state;
+	if (bin == NULL || tokf == NULL || logf == NULL)
+		skip();
+	tok = read_all(tokf, &nt);
+	ref = read_all(logf, &nl);
+	assert_int_equal(nl, nt / 4 * 512 * 4);
+	run_model(bin, NULL, tok, (int)(nt / 4), ref, ATOL);
+	free(tok);
+	free(ref);
+}
+
 static void
 test_hf(void **state, const char *dir_rel)
 {
@@ -280,6 +302,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_stories260k),
 		cmocka_unit_test(test_stories260k_shards),
+		cmocka_unit_test(test_story),
 		cmocka_unit_test(test_hf_gpt2),
 		cmocka_unit_test(test_hf_llama),
 	};

@@ -676,10 +676,10 @@ test_hostile_headers(void **state)
 	expect_bad(h, 64, NESA_EFORMAT, "unused dimension 1 is not 0");
 	/* Reserved flags. */
 	craft(h, 1, NESA_FRAME_BEGIN, 0, 0, NULL, 0);
-	h[49] = 2;
+	h[49] = 4;
 	c = crc32(0, h, 52);
 	put32(h + 52, (uint32_t)crc32(c, h + 56, 8));
-	expect_bad(h, 64, NESA_EFORMAT, "reserved flags 0x02");
+	expect_bad(h, 64, NESA_EFORMAT, "reserved flags 0x04");
 	/* Control frames carry neither payload nor codec. */
 	craft(h, 1, NESA_FRAME_END, 0, 0, NULL, 8);
 	expect_bad(h, 64, NESA_EFORMAT, "end frame with a payload of 8 bytes");
@@ -917,9 +917,20 @@ test_refused_writes(void **state)
 	g.kind = (enum nesa_frame_kind)9;
 	assert_int_equal(nesa_stream_write(s, &g), NESA_EINVAL);
 	g = f;
-	g.kind = NESA_FRAME_BEGIN;
+	g.kind = NESA_FRAME_END;
 	assert_int_equal(nesa_stream_write(s, &g), NESA_EINVAL);
-	assert_non_null(strstr(nesa_stream_error(s), "a begin frame carries no payload"));
+	assert_non_null(strstr(nesa_stream_error(s), "end frames carry no payload"));
+	/* Begin frames carry a description of at most NESA_FRAME_BEGIN_MAX bytes. */
+	{
+		static char big[NESA_FRAME_BEGIN_MAX + 1];
+
+		g = f;
+		g.kind = NESA_FRAME_BEGIN;
+		g.payload = big;
+		g.payload_len = sizeof big;
+		assert_int_equal(nesa_stream_write(s, &g), NESA_EINVAL);
+		assert_non_null(strstr(nesa_stream_error(s), "a begin frame carries at most"));
+	}
 	g = f;
 	g.payload = NULL;
 	assert_int_equal(nesa_stream_write(s, &g), NESA_EINVAL);

@@ -1,0 +1,2 @@
+/* SPDX-License-Identifier: MIT */
+/* Empty until its module lands. */
