@@ -4,7 +4,8 @@ bench_scripts =
 noinst_PROGRAMS += bench/nesa-stream-bench
 bench_nesa_stream_bench_SOURCES = bench/stream-bench.c
 bench_nesa_stream_bench_LDADD = $(NESA_LIBS)
-bench_scripts += bench/stream-throughput.sh
+bench_scripts += bench/stream-throughput.sh bench/llama-compare.sh bench/pipeline.sh
+EXTRA_DIST += bench/common.sh
 EXTRA_DIST += $(bench_scripts)
 bench: all
 	@for b in $(bench_scripts); do \

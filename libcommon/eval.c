@@ -79,8 +79,20 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 	if (nesa_tokenizer_vocab_size(tok) > c->out_elems)
 		return nesa_err_set(err, NESA_EINVAL, "the tokenizer has %d tokens but the model scores %lld",
 		                    nesa_tokenizer_vocab_size(tok), (long long)c->out_elems);
-	s = nesa_tokenizer_encode(tok, o->prompt != NULL ? o->prompt : "",
-	                          o->prompt != NULL ? strlen(o->prompt) : 0, NESA_TOK_BOS, &ids, &n_ids, err);
+	if (o->prompt_tokens > 0) {
+		/* A synthetic prompt: BOS, then ids cycling over the vocabulary's middle. */
+		ids = nesa_malloc(((size_t)o->prompt_tokens + 1) * sizeof *ids);
+		if (ids == NULL)
+			return nesa_err_set(err, NESA_ENOMEM, "out of memory");
+		ids[0] = bos >= 0 ? bos : 0;
+		for (j = 1; j <= (size_t)o->prompt_tokens; j++)
+			ids[j] = (int32_t)(300 + (j * 7919) % (size_t)(c->out_elems > 600 ? c->out_elems - 600 : 1));
+		n_ids = (size_t)o->prompt_tokens + 1;
+		s = NESA_OK;
+	} else {
+		s = nesa_tokenizer_encode(tok, o->prompt != NULL ? o->prompt : "",
+		                          o->prompt != NULL ? strlen(o->prompt) : 0, NESA_TOK_BOS, &ids, &n_ids, err);
+	}
 	if (s != NESA_OK)
 		return s;
 	if (n_ids == 0) {

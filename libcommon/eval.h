@@ -16,6 +16,7 @@
 
 struct nesa_gen_opts {
 	const char *prompt;   /* UTF-8 text, may be empty */
+	int prompt_tokens;    /* > 0: instead of prompt, BOS and this many more arbitrary tokens (benchmarks) */
 	int n_tokens;         /* new tokens to generate per session */
 	float temperature;    /* 0 = greedy */
 	float top_p;          /* nucleus cut, 1 = none */

@@ -25,8 +25,8 @@ struct sess {
 };
 
 struct exec_block {
-	float **buf;      /* (n_values) each (row_cap, row_elems); NULL for aliased inputs */
-	bool *owned;      /* (n_values) buf[v] allocated here */
+	float **buf;      /* (n_values) each (rows, row_elems) */
+	int *slot;        /* (n_values) bank slot holding the value; -1 for block inputs */
 };
 
 struct nesa_exec {
@@ -34,6 +34,16 @@ struct nesa_exec {
 	struct nesa_exec_opts opts;
 	struct exec_block *blocks; /* (count) */
 	int64_t row_cap;           /* rows every buffer can hold */
+	/*
+	 * Value buffers, shared by the blocks of one parity: block i uses bank
+	 * i % 2, so its inputs (the previous block's outputs, in the other bank)
+	 * survive while it runs, and two blocks' worth of activations exist
+	 * however many blocks a stage holds.
+	 */
+	float **bank[2];           /* (bank_n) each (bank_rows, bank_elems) */
+	int64_t *bank_elems[2];    /* (bank_n) largest row of the slot over the bank's blocks */
+	int64_t *bank_rows[2];     /* (bank_n) rows the slot holds now: grown as ops need */
+	int bank_n[2];
 	int64_t *kv_dim;           /* (n_caches) floats per position of each cache */
 	uint64_t kv_bytes_per_pos; /* all caches together, keys and values */
 	struct sess *sess;         /* (n_sess) */
@@ -119,13 +129,15 @@ nesa_exec_free(struct nesa_exec *e)
 	while (e->n_sess > 0)
 		nesa_exec_end(e, e->sess[0].id);
 	for (i = 0; i < e->g->count && e->blocks != NULL; i++) {
-		struct exec_block *xb = &e->blocks[i];
-
-		for (v = 0; v < e->g->blocks[i].n_values && xb->buf != NULL; v++)
-			if (xb->owned[v])
-				nesa_aligned_free(xb->buf[v]);
-		nesa_free(xb->buf);
-		nesa_free(xb->owned);
+		nesa_free(e->blocks[i].buf);
+		nesa_free(e->blocks[i].slot);
+	}
+	for (i = 0; i < 2; i++) {
+		for (v = 0; v < e->bank_n[i] && e->bank[i] != NULL; v++)
+			nesa_aligned_free(e->bank[i][v]);
+		nesa_free(e->bank[i]);
+		nesa_free(e->bank_elems[i]);
+		nesa_free(e->bank_rows[i]);
 	}
 	nesa_free(e->blocks);
 	nesa_free(e->kv_dim);
@@ -136,12 +148,59 @@ nesa_exec_free(struct nesa_exec *e)
 	nesa_free(e);
 }
 
+/*
+ * Gives each value computed in block b a bank slot, reusing the slot of a
+ * value no later op reads: the activations of a block take the memory of
+ * the values alive at once, not of all of them.  Block outputs stay alive to
+ * the end.  Returns the number of slots, -1 when out of memory.
+ */
+static int
+assign_slots(const struct nesa_block *b, int *slot)
+{
+	int *last = nesa_malloc((size_t)b->n_values * sizeof *last);
+	int *owner = nesa_malloc((size_t)b->n_values * sizeof *owner); /* slot -> value, -1 free */
+	int v, j, k, n = 0;
+
+	if (last == NULL || owner == NULL) {
+		nesa_free(last);
+		nesa_free(owner);
+		return -1;
+	}
+	for (v = 0; v < b->n_values; v++) {
+		last[v] = -1;
+		slot[v] = -1;
+		owner[v] = -1;
+	}
+	for (j = 0; j < b->n_ops; j++)
+		for (k = 0; k < b->ops[j].n_in; k++)
+			last[b->ops[j].in[k]] = j;
+	for (k = 0; k < b->n_outputs; k++)
+		last[b->outputs[k]] = b->n_ops;
+	for (j = 0; j < b->n_ops; j++) {
+		const int out = b->ops[j].out;
+
+		/* Values last read before op j are dead: their slots are free again. */
+		for (k = 0; k < n; k++)
+			if (owner[k] >= 0 && last[owner[k]] < j)
+				owner[k] = -1;
+		for (k = 0; k < n && owner[k] >= 0; k++)
+			;
+		if (k == n)
+			n++;
+		owner[k] = out;
+		slot[out] = k;
+	}
+	nesa_free(last);
+	nesa_free(owner);
+	return n;
+}
+
 enum nesa_status
 nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, struct nesa_exec **out,
               struct nesa_err *err)
 {
 	struct nesa_exec *e;
-	int i, j;
+	int i, j, n;
 
 	*out = NULL;
 	e = nesa_calloc(1, sizeof *e);
@@ -160,9 +219,14 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 		const struct nesa_block *b = &g->blocks[i];
 
 		e->blocks[i].buf = nesa_calloc((size_t)b->n_values, sizeof(float *));
-		e->blocks[i].owned = nesa_calloc((size_t)b->n_values, sizeof(bool));
-		if (e->blocks[i].buf == NULL || e->blocks[i].owned == NULL)
+		e->blocks[i].slot = nesa_calloc((size_t)b->n_values, sizeof(int));
+		if (e->blocks[i].buf == NULL || e->blocks[i].slot == NULL)
 			goto oom;
+		n = assign_slots(b, e->blocks[i].slot);
+		if (n < 0)
+			goto oom;
+		if (n > e->bank_n[i % 2])
+			e->bank_n[i % 2] = n;
 		for (j = 0; j < b->n_ops; j++) {
 			const struct nesa_op *op = &b->ops[j];
 			const struct nesa_value *x = &b->values[op->in[0]];
@@ -183,6 +247,20 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 				e->scratch_need_fixed = need;
 		}
 	}
+	for (i = 0; i < 2; i++) {
+		e->bank[i] = nesa_calloc((size_t)(e->bank_n[i] > 0 ? e->bank_n[i] : 1), sizeof(float *));
+		e->bank_elems[i] = nesa_calloc((size_t)(e->bank_n[i] > 0 ? e->bank_n[i] : 1), sizeof(int64_t));
+		e->bank_rows[i] = nesa_calloc((size_t)(e->bank_n[i] > 0 ? e->bank_n[i] : 1), sizeof(int64_t));
+		if (e->bank[i] == NULL || e->bank_elems[i] == NULL || e->bank_rows[i] == NULL)
+			goto oom;
+	}
+	for (i = 0; i < g->count; i++)
+		for (j = 0; j < g->blocks[i].n_values; j++) {
+			int sl = e->blocks[i].slot[j];
+
+			if (sl >= 0 && g->blocks[i].values[j].row_elems > e->bank_elems[i % 2][sl])
+				e->bank_elems[i % 2][sl] = g->blocks[i].values[j].row_elems;
+		}
 	*out = e;
 	return NESA_OK;
 oom:
@@ -190,42 +268,41 @@ oom:
 	return nesa_err_set(err, NESA_ENOMEM, "out of memory");
 }
 
-/* Makes every owned buffer hold at least rows rows. */
+/*
+ * Makes the bank slot that value v of block i lives in hold rows rows.
+ * Slots grow as ops need them, so an output computed for selected rows only
+ * (logits while generating) never takes the memory of a whole batch.
+ */
+static enum nesa_status
+ensure_slot(struct nesa_exec *e, int i, int v, int64_t rows, struct nesa_err *err)
+{
+	const int k = i % 2, sl = e->blocks[i].slot[v];
+	size_t bytes;
+
+	if (rows <= e->bank_rows[k][sl]) {
+		e->blocks[i].buf[v] = e->bank[k][sl];
+		return NESA_OK;
+	}
+	rows = rows < 2 * e->bank_rows[k][sl] ? 2 * e->bank_rows[k][sl] : rows;
+	if (!nesa_mul_size((size_t)rows, (size_t)e->bank_elems[k][sl] * sizeof(float), &bytes))
+		return nesa_err_set(err, NESA_ENOMEM, "batch of %lld rows is too large", (long long)rows);
+	nesa_aligned_free(e->bank[k][sl]);
+	e->bank_rows[k][sl] = 0;
+	e->bank[k][sl] = nesa_aligned_alloc(bytes);
+	e->blocks[i].buf[v] = e->bank[k][sl];
+	if (e->bank[k][sl] == NULL)
+		return nesa_err_set(err, NESA_ENOMEM, "out of memory for a batch of %lld rows", (long long)rows);
+	e->bank_rows[k][sl] = rows;
+	return NESA_OK;
+}
+
+/* Makes the per-row bookkeeping hold at least rows rows. */
 static enum nesa_status
 ensure_rows(struct nesa_exec *e, int64_t rows, struct nesa_err *err)
 {
-	int i, v;
-
 	if (rows <= e->row_cap)
 		return NESA_OK;
 	rows = rows < 2 * e->row_cap ? 2 * e->row_cap : rows;
-	for (i = 0; i < e->g->count; i++) {
-		const struct nesa_block *b = &e->g->blocks[i];
-		struct exec_block *xb = &e->blocks[i];
-
-		for (v = 0; v < b->n_values; v++) {
-			bool aliased = false;
-			size_t bytes;
-			int k;
-
-			for (k = 0; k < b->n_inputs; k++)
-				if (b->inputs[k] == v)
-					aliased = true;
-			if (aliased)
-				continue;
-			if (!nesa_mul_size((size_t)rows, (size_t)b->values[v].row_elems * sizeof(float), &bytes))
-				return nesa_err_set(err, NESA_ENOMEM, "batch of %lld rows is too large", (long long)rows);
-			if (xb->owned[v])
-				nesa_aligned_free(xb->buf[v]);
-			xb->buf[v] = nesa_aligned_alloc(bytes);
-			xb->owned[v] = xb->buf[v] != NULL;
-			if (xb->buf[v] == NULL) {
-				e->row_cap = 0; /* partially grown: regrow everything next time */
-				return nesa_err_set(err, NESA_ENOMEM, "out of memory for a batch of %lld rows",
-				                    (long long)rows);
-			}
-		}
-	}
 	nesa_free(e->row_pos);
 	nesa_free(e->row_seg);
 	e->row_pos = nesa_malloc((size_t)rows * sizeof *e->row_pos);
@@ -571,7 +648,7 @@ select_rows(struct nesa_exec *e, const struct nesa_block *b, struct exec_block *
 		if (b->outputs[k] < b->ops[j].out)
 			live[b->outputs[k]] = true;
 	for (v = 0; v < b->n_values; v++)
-		if (live[v] && !xb->owned[v])
+		if (live[v] && xb->slot[v] < 0)
 			return nesa_err_set(err, NESA_EUNSUPPORTED,
 			                    "block %d: a head op may not read a block input directly", b->index);
 	for (i = 0; i < n_segs; i++) {
@@ -645,6 +722,10 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 		for (k = 0; k < b->n_inputs; k++)
 			xb->buf[b->inputs[k]] = i == 0 ? (float *)(uintptr_t)in[k]
 			                               : e->blocks[i - 1].buf[g->blocks[i - 1].outputs[k]];
+		/* Another block of this parity may have moved a slot since. */
+		for (k = 0; k < b->n_values; k++)
+			if (xb->slot[k] >= 0)
+				xb->buf[k] = e->bank[i % 2][xb->slot[k]];
 		for (j = 0; j < b->n_ops; j++) {
 			const struct nesa_op *op = &b->ops[j];
 
@@ -658,7 +739,9 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 				                 "block %d: attention after a head op is not supported", b->index);
 				goto done;
 			}
-			s = run_op(e, b, xb, op, segs, n_segs, rows, err);
+			s = ensure_slot(e, i, op->out, rows, err);
+			if (s == NESA_OK)
+				s = run_op(e, b, xb, op, segs, n_segs, rows, err);
 			if (s != NESA_OK)
 				goto done;
 		}

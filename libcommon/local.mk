@@ -22,7 +22,7 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/nesa.h \
 	libcommon/net.c libcommon/net.h \
 	libcommon/npy.c libcommon/npy.h \
-	libcommon/ops.c libcommon/ops.h \
+	libcommon/ops.c libcommon/ops.h libcommon/ops-fast.c \
 	libcommon/parallel.c libcommon/parallel.h \
 	libcommon/pipeline.c libcommon/pipeline.h \
 	libcommon/plan.c libcommon/plan.h \

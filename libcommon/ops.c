@@ -59,9 +59,10 @@ nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *
 	if (w->dtype == NESA_F32) {
 		const float *W = w->data;
 
-		if (rows == 1)
-			cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1,
-			            0.0f, y, 1);
+		/* A row or two: our GEMV; more: BLAS GEMM, which reuses each weight for every row. */
+		if (rows <= 2)
+			for (r = 0; r < rows; r++)
+				nesa_gemv_f32(W, out, in, x + r * in, y + r * out);
 		else
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in,
 			            1.0f, x, (int)in, W, (int)in, 0.0f, y, (int)out);
@@ -278,9 +279,27 @@ nesa_attention(const float *q, int64_t rows, uint32_t pos0, const float *kc, con
 	int64_t r, t;
 	int h;
 
-	/* A single row gains nothing from GEMM calls: the plain loop is faster. */
+	/* A few rows gain nothing from GEMM calls: vector dot products per position. */
 	if (rows < 4) {
-		nesa_attention_ref(q, rows, pos0, kc, vc, n_heads, n_kv, head_dim, scale, out, att);
+		for (r = 0; r < rows; r++) {
+			const int64_t n = (int64_t)pos0 + r + 1;
+
+			for (h = 0; h < n_heads; h++) {
+				const float *qh = q + r * qdim + (int64_t)h * head_dim;
+				const int64_t koff = (int64_t)(h / group) * head_dim;
+				float *oh = out + r * qdim + (int64_t)h * head_dim, mx = -INFINITY, sum = 0;
+
+				for (t = 0; t < n; t++) {
+					att[t] = nesa_dot_f32(qh, kc + t * kvdim + koff, head_dim) * scale;
+					mx = att[t] > mx ? att[t] : mx;
+				}
+				for (t = 0; t < n; t++)
+					sum += (att[t] = expf(att[t] - mx));
+				memset(oh, 0, (size_t)head_dim * sizeof *oh);
+				for (t = 0; t < n; t++)
+					nesa_axpy_f32(att[t] / sum, vc + t * kvdim + koff, oh, head_dim);
+			}
+		}
 		return;
 	}
 	for (h = 0; h < n_heads; h++) {

@@ -26,6 +26,16 @@ void nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_ten
 void nesa_linear_ref(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
                      const float *b, float *y);
 
+/*
+ * Vectorised building blocks (ops-fast.c; AVX-512 or AVX2 when the CPU has
+ * them, plain loops otherwise): a dot product, y += a x, and the
+ * matrix-vector product y (out) = W (out, in) x (in), parallel over rows for
+ * large W.
+ */
+float nesa_dot_f32(const float *a, const float *b, int64_t n);
+void nesa_axpy_f32(float a, const float *x, float *y, int64_t n);
+void nesa_gemv_f32(const float *w, int64_t out, int64_t in, const float *x, float *y);
+
 /* y = x / sqrt(mean(x^2) + eps) * w, per row; x, y (rows, dim); y may be x. */
 void nesa_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps);
 

@@ -638,6 +638,8 @@ static void
 pipe_report(void *impl)
 {
 	struct pipe *p = impl;
+	const double wall = nesa_now() - p->t_start;
+	double framing = 0;
 	int k;
 
 	for (k = 0; k < p->n; k++) {
@@ -645,6 +647,7 @@ pipe_report(void *impl)
 		const struct nesa_stream_stats *to = nesa_stream_stats(st->to);
 		const struct nesa_stream_stats *from = nesa_stream_stats(st->from);
 
+		framing += to->codec_seconds + from->codec_seconds;
 		nesa_log(NESA_LOG_INFO,
 		         "%s: blocks [%d, %d), %llu batches, %.3f ms per batch in the stage and its two hops, %llu bytes in, %llu bytes out",
 		         st->label, st->first, st->first + st->count, (unsigned long long)st->batches,
@@ -652,6 +655,8 @@ pipe_report(void *impl)
 		         (unsigned long long)(to->payload_bytes + to->header_bytes),
 		         (unsigned long long)(from->payload_bytes + from->header_bytes));
 	}
+	nesa_log(NESA_LOG_INFO, "framing (headers and checksums) took %.2f%% of the client's %.3f s",
+	         wall > 0 ? 100.0 * framing / wall : 0.0, wall);
 }
 
 static const struct nesa_chain_ops pipe_ops = {pipe_run,   pipe_end,     pipe_free,
@@ -729,6 +734,7 @@ nesa_chain_pipeline(const char *const *specs, int n, const struct nesa_pipe_opts
 			err->status = s;
 		return s;
 	}
+	p->t_start = nesa_now();
 	c->ops = &pipe_ops;
 	c->impl = p;
 	c->in_dtype = p->st[0].in_dtype;

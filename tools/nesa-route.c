@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,7 +26,7 @@ static const struct nesa_tool tool = {
 	.name = "nesa-route",
 	.purpose = "generate text, measure perplexity or classify images with a model",
 	.synopsis =
-		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--groups n] [--ignore-eos] [--tokenizer file] stages\n"
+		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--groups n] [--ignore-eos] [--prompt-tokens n] [--tokenizer file] stages\n"
 		"[-fqv] [-o output] [-t threads] [--bytes n] [--context n] [--format fmt] [--window n] --perplexity text stages\n"
 		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] [--weights file] --classify images labels stages",
 	.options =
@@ -48,6 +49,7 @@ static const struct nesa_tool tool = {
 		"      --batch=N             generate N independent samples together\n"
 		"      --context=N           context length to use instead of the model's\n"
 		"      --ignore-eos          do not stop at an end-of-text token\n"
+		"      --prompt-tokens=N     a prompt of N arbitrary tokens instead of text (benchmarks)\n"
 		"      --tokenizer=FILE      tokenizer of a llama2.c checkpoint\n"
 		"      --perplexity=TEXT     perplexity of a UTF-8 text file\n"
 		"      --window=N            perplexity window in tokens (default: context, <= 512)\n"
@@ -73,6 +75,7 @@ enum {
 	OPT_LIMIT,
 	OPT_PERPLEXITY,
 	OPT_PLAN,
+	OPT_PROMPT_TOKENS,
 	OPT_STAGE,
 	OPT_TIMEOUT,
 	OPT_TOKENIZER,
@@ -134,6 +137,7 @@ main(int argc, char **argv)
 		{"limit", required_argument, NULL, OPT_LIMIT},
 		{"perplexity", required_argument, NULL, OPT_PERPLEXITY},
 		{"plan", required_argument, NULL, OPT_PLAN},
+		{"prompt-tokens", required_argument, NULL, OPT_PROMPT_TOKENS},
 		{"stage", required_argument, NULL, OPT_STAGE},
 		{"timeout", required_argument, NULL, OPT_TIMEOUT},
 		{"tokenizer", required_argument, NULL, OPT_TOKENIZER},
@@ -208,6 +212,11 @@ main(int argc, char **argv)
 			gen.groups = (int)v;
 			break;
 		case OPT_PLAN: plan_path = optarg; break;
+		case OPT_PROMPT_TOKENS:
+			if (!nesa_cli_parse_i64(&tool, "--prompt-tokens", optarg, 1, 1 << 24, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.prompt_tokens = (int)v;
+			break;
 		case OPT_STAGE:
 			if (n_stages == 256)
 				return nesa_usage_error(&tool, "at most 256 stages");
@@ -361,11 +370,16 @@ main(int argc, char **argv)
 		nesa_free(ec.lens);
 		if (s == NESA_OK && chain->ops->report != NULL && nesa_log_enabled(NESA_LOG_INFO))
 			chain->ops->report(chain->impl);
-		if (s == NESA_OK)
-			nesa_log(NESA_LOG_INFO, "%lld prompt tokens x %d, %lld generated: prefill %.1f tokens/s, decode %.1f tokens/s",
+		if (s == NESA_OK) {
+			struct rusage ru;
+
+			getrusage(RUSAGE_SELF, &ru);
+			nesa_log(NESA_LOG_INFO, "%lld prompt tokens x %d, %lld generated: prefill %.1f tokens/s, decode %.1f tokens/s, peak RSS %.1f MB",
 			         (long long)st.prompt_tokens, gen.n_sessions, (long long)st.generated,
 			         st.prefill_s > 0 ? (double)st.prompt_tokens * gen.n_sessions / st.prefill_s : 0.0,
-			         st.decode_s > 0 ? (double)st.generated / st.decode_s : 0.0);
+			         st.decode_s > 0 ? (double)st.generated / st.decode_s : 0.0,
+			         (double)ru.ru_maxrss / 1024.0);
+		}
 	} else if (mode == MODE_PERPLEXITY) {
 		struct nesa_ppl_result r;
 		char *text = NULL, line[512];

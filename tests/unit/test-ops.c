@@ -204,6 +204,72 @@ test_pools(void **state)
 	assert_true(y[0] == (0 + 1 + 4 + 5) / 4.0f);
 }
 
+/* The vector kernels against plain loops, at lengths around every tail. */
+static void
+test_vector_kernels(void **state)
+{
+	static float a[300], b[300], y[300], ref[300], w[37 * 300];
+	uint64_t seed = 11;
+	int64_t n, i, o;
+
+	(void)state;
+	fill(a, 300, &seed);
+	fill(b, 300, &seed);
+	fill(w, 37 * 300, &seed);
+	for (n = 0; n <= 300; n += (n < 70 ? 1 : 23)) {
+		double d = 0;
+
+		for (i = 0; i < n; i++)
+			d += (double)a[i] * b[i];
+		assert_true(fabs(nesa_dot_f32(a, b, n) - d) <= 1e-5 + 1e-5 * fabs(d));
+		memcpy(y, b, sizeof y);
+		memcpy(ref, b, sizeof ref);
+		nesa_axpy_f32(0.37f, a, y, n);
+		for (i = 0; i < n; i++)
+			ref[i] += 0.37f * a[i];
+		assert_close(y, ref, 300, 1e-6f, 1e-6f);
+		{
+			float out[37], outref[37];
+
+			nesa_gemv_f32(w, 37, n, a, out);
+			for (o = 0; o < 37; o++) {
+				double s = 0;
+
+				for (i = 0; i < n; i++)
+					s += (double)w[o * n + i] * a[i];
+				outref[o] = (float)s;
+			}
+			assert_close(out, outref, 37, 1e-5f, 1e-5f);
+		}
+	}
+	/* Special values go through unchanged: an infinity stays one. */
+	a[3] = INFINITY;
+	assert_true(isinf(nesa_dot_f32(a, b + 1, 40)) || isnan(nesa_dot_f32(a, b + 1, 40)));
+}
+
+/* Attention's fast paths (vector, GEMM) against the reference. */
+static void
+test_attention_against_ref(void **state)
+{
+	enum { HEADS = 6, KV = 2, HD = 12, CTX = 40 };
+	static float q[CTX * HEADS * HD], k[CTX * KV * HD], v[CTX * KV * HD];
+	static float out[CTX * HEADS * HD], ref[CTX * HEADS * HD], att[CTX * CTX];
+	uint64_t seed = 5;
+	int64_t rows;
+	uint32_t pos0;
+
+	(void)state;
+	fill(q, CTX * HEADS * HD, &seed);
+	fill(k, CTX * KV * HD, &seed);
+	fill(v, CTX * KV * HD, &seed);
+	for (rows = 1; rows <= 9; rows += 2)
+		for (pos0 = 0; pos0 + rows <= CTX; pos0 += 13) {
+			nesa_attention(q, rows, pos0, k, v, HEADS, KV, HD, 0.3f, out, att);
+			nesa_attention_ref(q, rows, pos0, k, v, HEADS, KV, HD, 0.3f, ref, att);
+			assert_close(out, ref, rows * HEADS * HD, ATOL, RTOL);
+		}
+}
+
 int
 main(void)
 {
@@ -214,6 +280,8 @@ main(void)
 		cmocka_unit_test(test_norms),
 		cmocka_unit_test(test_rope_layouts),
 		cmocka_unit_test(test_pools),
+		cmocka_unit_test(test_vector_kernels),
+		cmocka_unit_test(test_attention_against_ref),
 	};
 
 	return cmocka_run_group_tests_name("ops", tests, NULL, NULL);

@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fast f32 kernels for decoding: matrix-vector products and dot products
+ * with AVX2 or AVX-512, chosen at run time from the CPU's features (one
+ * build runs on every node), each tested against the plain loops in ops.c.
+ *
+ * Why not BLAS sgemv: for the small matrices of small models OpenBLAS hands
+ * the work to its threads and the wake-ups cost more than the product, and
+ * for large ones our threads do as well.  GEMM for batches stays in BLAS.
+ */
+#include "config.h"
+
+#include <stdint.h>
+
+#ifdef NESA_HAVE_X86_SIMD
+#include <immintrin.h>
+#endif
+
+#include "ops.h"
+#include "parallel.h"
+
+static float
+dot_plain(const float *a, const float *b, int64_t n)
+{
+	float s = 0;
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+#ifdef NESA_HAVE_X86_SIMD
+__attribute__((target("avx2,fma"))) static float
+dot_avx2(const float *a, const float *b, int64_t n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	__m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+	__m128 h;
+	float s;
+	int64_t i = 0;
+
+	for (; i + 32 <= n; i += 32) {
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+		s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+		s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+	}
+	for (; i + 8 <= n; i += 8)
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+	s0 = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+	h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+	h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+	h = _mm_add_ss(h, _mm_movehdup_ps(h));
+	s = _mm_cvtss_f32(h);
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+__attribute__((target("avx512f"))) static float
+dot_avx512(const float *a, const float *b, int64_t n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	__m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+	int64_t i = 0;
+	float s;
+
+	for (; i + 64 <= n; i += 64) {
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+		s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+		s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+	}
+	for (; i + 16 <= n; i += 16)
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+	if (i < n) {
+		/* The tail as one masked load: no scalar loop. */
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+
+		s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+	}
+	s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+	return s;
+}
+
+/* y[i] += a * x[i] */
+__attribute__((target("avx512f"))) static void
+axpy_avx512(float a, const float *x, float *y, int64_t n)
+{
+	const __m512 va = _mm512_set1_ps(a);
+	int64_t i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+
+		_mm512_mask_storeu_ps(y + i, m,
+		                      _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+	}
+}
+
+__attribute__((target("avx2,fma"))) static void
+axpy_avx2(float a, const float *x, float *y, int64_t n)
+{
+	const __m256 va = _mm256_set1_ps(a);
+	int64_t i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+#endif
+
+static void
+axpy_plain(float a, const float *x, float *y, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		y[i] += a * x[i];
+}
+
+typedef float (*dot_fn)(const float *, const float *, int64_t);
+typedef void (*axpy_fn)(float, const float *, float *, int64_t);
+
+static dot_fn
+pick_dot(void)
+{
+#ifdef NESA_HAVE_X86_SIMD
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f"))
+		return dot_avx512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return dot_avx2;
+#endif
+	return dot_plain;
+}
+
+static axpy_fn
+pick_axpy(void)
+{
+#ifdef NESA_HAVE_X86_SIMD
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f"))
+		return axpy_avx512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return axpy_avx2;
+#endif
+	return axpy_plain;
+}
+
+float
+nesa_dot_f32(const float *a, const float *b, int64_t n)
+{
+	static dot_fn fn;
+
+	if (fn == NULL)
+		fn = pick_dot();
+	return fn(a, b, n);
+}
+
+void
+nesa_axpy_f32(float a, const float *x, float *y, int64_t n)
+{
+	static axpy_fn fn;
+
+	if (fn == NULL)
+		fn = pick_axpy();
+	fn(a, x, y, n);
+}
+
+struct gemv_job {
+	const float *w, *x;
+	float *y;
+	int64_t in;
+};
+
+static void
+gemv_part(void *ctx, int64_t begin, int64_t end)
+{
+	const struct gemv_job *j = ctx;
+	int64_t o;
+
+	for (o = begin; o < end; o++)
+		j->y[o] = nesa_dot_f32(j->w + o * j->in, j->x, j->in);
+}
+
+/* Below this many weights a product is not worth waking other threads for. */
+#define PARALLEL_MIN (INT64_C(1) << 18)
+
+void
+nesa_gemv_f32(const float *w, int64_t out, int64_t in, const float *x, float *y)
+{
+	struct gemv_job j = {w, x, y, in};
+
+	if (out * in < PARALLEL_MIN)
+		gemv_part(&j, 0, out);
+	else
+		nesa_parallel_for(out, 16, gemv_part, &j);
+}
