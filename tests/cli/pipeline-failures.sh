@@ -28,6 +28,11 @@ expect_exit 69 nesa-route --timeout 2 --stage "$s0" --stage "sleep 30" --stage "
 [ $(($(date +%s) - start)) -lt 15 ] || fail_ "a silent stage was waited for too long"
 grep -q "stage 1 (sleep 30)" "$T/err" || fail_ "a silent stage is not named: $(cat "$T/err")"
 
+# A KV cache limit: stage 1 holds 2 of stories260K's layers, so a position
+# costs 2 x 2 x 32 floats = 512 bytes; 8 kB holds 16 positions, not 21.
+expect_exit 69 nesa-route --stage "$s0" --stage "$rs --kv-limit 8k $s1" --stage "$s2" -l 20
+grep -q "over the limit of 8192" "$T/err" || fail_ "a KV cache limit is not explained: $(cat "$T/err")"
+
 # No stage process outlives its client.
 sleep 0.5
 if pgrep -f "$T/p/stage-0" >/dev/null; then
