@@ -92,6 +92,7 @@ CLI_TESTS = \
 	tests/cli/route-stories.sh \
 	tests/cli/route-vision.sh \
 	tests/cli/route-bundled.sh \
+	tests/cli/route-errors.sh \
 	tests/cli/pipeline-local.sh \
 	tests/cli/pipeline-tcp.sh \
 	tests/cli/pipeline-ssh.sh \
