@@ -99,4 +99,11 @@ CLI_TESTS = \
 	tests/cli/pipeline-failures.sh
 TESTS += $(CLI_TESTS)
 EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
-	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README
+	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README \
+	tests/data/story_ref_tokens.i32 tests/data/story_ref_logits.f32 \
+	tests/data/hf-gpt2/README.md tests/data/hf-gpt2/config.json tests/data/hf-gpt2/merges.txt \
+	tests/data/hf-gpt2/model.safetensors tests/data/hf-gpt2/ref_logits.f32 \
+	tests/data/hf-gpt2/ref_text.txt tests/data/hf-gpt2/ref_tokens.i32 tests/data/hf-gpt2/vocab.json \
+	tests/data/hf-llama/README.md tests/data/hf-llama/config.json \
+	tests/data/hf-llama/model.safetensors tests/data/hf-llama/ref_logits.f32 \
+	tests/data/hf-llama/ref_tokens.i32
