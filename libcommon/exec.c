@@ -54,6 +54,7 @@ struct nesa_exec {
 	float *scratch;            /* (scratch_len) ops' scratch */
 	size_t scratch_len;
 	size_t scratch_need_fixed; /* scratch independent of context length */
+	int64_t int8_in;           /* widest input of a linear_int8 op, 0 if none */
 	struct nesa_exec_stats stats;
 };
 
@@ -238,6 +239,8 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 			}
 			if (op->kind == NESA_OP_LINEAR && op->w[0]->dtype != NESA_F32)
 				need = (size_t)op->w[0]->shape[1];
+			if (op->kind == NESA_OP_LINEAR_INT8 && op->w[0]->shape[1] > e->int8_in)
+				e->int8_in = op->w[0]->shape[1];
 			if (op->kind == NESA_OP_CONV2D)
 				need = nesa_conv2d_scratch((int)x->shape[0], (int)b->values[op->out].shape[1],
 				                           (int)b->values[op->out].shape[2],
@@ -503,6 +506,13 @@ run_op(struct nesa_exec *e, const struct nesa_block *b, struct exec_block *xb,
 	case NESA_OP_LINEAR:
 		nesa_linear(x, rows, xe, op->w[0], op->w[1] != NULL ? op->w[1]->data : NULL, y, e->scratch);
 		break;
+	case NESA_OP_LINEAR_INT8:
+		nesa_linear_int8(x, rows, xe, op->w[0]->data, op->w[2]->data, op->w[0]->shape[0],
+		                 op->w[3] != NULL ? op->w[3]->data : NULL,
+		                 op->w[4] != NULL ? op->w[4]->data : NULL,
+		                 op->w[4] != NULL ? op->w[4]->shape[0] : 0, op->threshold,
+		                 op->w[1] != NULL ? op->w[1]->data : NULL, y, e->scratch);
+		break;
 	case NESA_OP_ROPE:
 		if (y != x)
 			memcpy(y, x, (size_t)n * sizeof *y);
@@ -700,6 +710,9 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 			max_ctx = need;
 		any_last |= segs[i].last_only;
 	}
+	if (e->int8_in > 0 &&
+	    (int64_t)(nesa_linear_int8_scratch(total, e->int8_in) / sizeof(float) + 1) > max_ctx)
+		max_ctx = (int64_t)(nesa_linear_int8_scratch(total, e->int8_in) / sizeof(float) + 1);
 	if (s == NESA_OK)
 		s = ensure_scratch(e, e->scratch_need_fixed > (size_t)max_ctx ? e->scratch_need_fixed
 		                                                               : (size_t)max_ctx, err);

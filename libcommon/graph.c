@@ -50,6 +50,7 @@ static const char *const op_names[NESA_OP_COUNT] = {
 	[NESA_OP_PAD_CHANNELS] = "pad_channels",
 	[NESA_OP_FLATTEN] = "flatten",
 	[NESA_OP_CHANNEL_AFFINE] = "channel_affine",
+	[NESA_OP_LINEAR_INT8] = "linear_int8",
 };
 
 const char *
@@ -408,6 +409,59 @@ compile_op(struct ctx *c, const json_t *jo, struct nesa_op *op)
 		op->eps = (float)d;
 		cost->flops_per_row += 5.0 * (double)x->row_elems;
 		break;
+	case NESA_OP_LINEAR_INT8: {
+		struct nesa_tensor *oi;
+
+		if (x->ndim != 1)
+			return fail(c, NESA_ESHAPE, "input must be a vector per row, got %s",
+			            value_shape(x, buf, sizeof buf));
+		if ((s = get_weight(c, jo, "weight", true, 2, false, &op->w[0])) != NESA_OK ||
+		    (s = expect_len(c, op->w[0], 1, x->shape[0])) != NESA_OK)
+			return s;
+		if (op->w[0]->dtype != NESA_I8)
+			return fail(c, NESA_EUNSUPPORTED, "weight '%s' has dtype %s; linear_int8 needs i8",
+			            op->w[0]->name, nesa_dtype_name(op->w[0]->dtype));
+		if ((s = get_weight(c, jo, "scale", true, 1, true, &op->w[2])) != NESA_OK ||
+		    (s = expect_len(c, op->w[2], 0, op->w[0]->shape[0])) != NESA_OK ||
+		    (s = get_weight(c, jo, "bias", false, 1, true, &op->w[1])) != NESA_OK ||
+		    (s = expect_len(c, op->w[1], 0, op->w[0]->shape[0])) != NESA_OK ||
+		    (s = get_weight(c, jo, "outlier_weight", false, 2, true, &op->w[3])) != NESA_OK ||
+		    (s = get_weight(c, jo, "outlier_index", false, 1, false, &oi)) != NESA_OK ||
+		    (s = get_float(c, jo, "threshold", 0.0, &d)) != NESA_OK)
+			return s;
+		op->w[4] = oi;
+		if ((op->w[3] == NULL) != (oi == NULL))
+			return fail(c, NESA_EFORMAT, "outlier_weight and outlier_index go together");
+		if (oi != NULL) {
+			const int32_t *idx = oi->data;
+			int64_t k;
+
+			if (oi->dtype != NESA_I32 || oi->shape[0] != op->w[3]->shape[1] ||
+			    op->w[3]->shape[0] != op->w[0]->shape[0] || oi->shape[0] > x->shape[0])
+				return fail(c, NESA_ESHAPE, "outlier_index must be i32 [k] and outlier_weight [out, k]");
+			/* Strictly increasing, inside the row: checked once here, trusted at run time. */
+			for (k = 0; k < oi->shape[0]; k++)
+				if (idx[k] < 0 || idx[k] >= x->shape[0] || (k > 0 && idx[k] <= idx[k - 1]))
+					return fail(c, NESA_EFORMAT, "outlier index %lld is %d: indices must increase within [0, %lld)",
+					            (long long)k, idx[k], (long long)x->shape[0]);
+		}
+		if (d < 0)
+			return fail(c, NESA_EFORMAT, "'threshold' must be >= 0");
+		op->threshold = (float)d;
+		{
+			/* -128 has no positive counterpart: the int8 kernels assume [-127, 127]. */
+			const int8_t *q = op->w[0]->data;
+			int64_t e, n = nesa_tensor_nelems(op->w[0]);
+
+			for (e = 0; e < n; e++)
+				if (q[e] == INT8_MIN)
+					return fail(c, NESA_EFORMAT, "weight '%s' holds -128 at element %lld (int8 weights are in [-127, 127])",
+					            op->w[0]->name, (long long)e);
+		}
+		shape[0] = op->w[0]->shape[0];
+		cost->flops_per_row += 2.0 * (double)op->w[0]->shape[0] * (double)op->w[0]->shape[1];
+		break;
+	}
 	case NESA_OP_LINEAR:
 		if (x->ndim != 1)
 			return fail(c, NESA_ESHAPE, "input must be a vector per row, got %s",
@@ -698,7 +752,7 @@ compile_block(struct ctx *c, const json_t *jb, struct nesa_block *b, int index)
 	for (i = 0; i < (size_t)b->n_ops; i++) {
 		int w, j;
 
-		for (w = 0; w < 4; w++) {
+		for (w = 0; w < 5; w++) {
 			const struct nesa_tensor *t = b->ops[i].w[w];
 			bool seen = false;
 
@@ -707,7 +761,7 @@ compile_block(struct ctx *c, const json_t *jb, struct nesa_block *b, int index)
 			for (j = 0; j < (int)i && !seen; j++) {
 				int u;
 
-				for (u = 0; u < 4; u++)
+				for (u = 0; u < 5; u++)
 					if (b->ops[j].w[u] == t)
 						seen = true;
 			}
@@ -856,7 +910,8 @@ nesa_graph_free(struct nesa_graph *g)
 enum nesa_status
 nesa_graph_doc_weights(const json_t *doc, int first, int count, json_t **names, struct nesa_err *err)
 {
-	static const char *const keys[] = {"weight", "bias", "mean", "var"};
+	static const char *const keys[] = {"weight", "bias", "mean", "var", "scale",
+	                                   "outlier_weight", "outlier_index"};
 	json_t *blocks, *res;
 	int doc_first, n_blocks, i;
 	enum nesa_status s;

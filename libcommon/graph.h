@@ -48,6 +48,7 @@ enum nesa_op_kind {
 	NESA_OP_PAD_CHANNELS,   /* CIFAR ResNet option-A shortcut: subsample, zero-pad channels */
 	NESA_OP_FLATTEN,
 	NESA_OP_CHANNEL_AFFINE, /* x * scale[c] + shift[c], constants in the graph */
+	NESA_OP_LINEAR_INT8,    /* LLM.int8(): int8 W with row scales, outlier columns in f32 */
 	NESA_OP_COUNT
 };
 
@@ -69,9 +70,10 @@ struct nesa_op {
 	int out;                /* value index */
 	/*
 	 * Weights resolved against the tensor set (borrowed): weight, bias,
-	 * and for batch norm running mean and variance.
+	 * for batch norm running mean and variance, for linear_int8 the row
+	 * scales, outlier weights and outlier column indices (w[2..4]).
 	 */
-	struct nesa_tensor *w[4];
+	struct nesa_tensor *w[5];
 	bool head;              /* a model output head: may compute selected rows only */
 	float eps;              /* norms */
 	/* rope */
@@ -88,6 +90,8 @@ struct nesa_op {
 	int pad_ch;
 	/* channel_affine / folded batch norm: per-channel constants (owned) */
 	float *ch_scale, *ch_shift; /* (channels) */
+	/* linear_int8: run-time outlier threshold (0: static outliers only) */
+	float threshold;
 };
 
 /* What a block costs; read by the profiler and the planner. */

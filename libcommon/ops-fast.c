@@ -201,3 +201,84 @@ nesa_gemv_f32(const float *w, int64_t out, int64_t in, const float *x, float *y)
 	else
 		nesa_parallel_for(out, 16, gemv_part, &j);
 }
+
+/* int8 dot products. */
+
+static int32_t
+dot_i8_plain(const int8_t *a, const int8_t *b, int64_t n)
+{
+	return nesa_dot_i8_ref(a, b, n);
+}
+
+#ifdef NESA_HAVE_X86_SIMD
+/*
+ * maddubs multiplies unsigned by signed bytes: |a| times b with a's sign
+ * moved onto b gives the signed product, and |a| <= 127 keeps each pair of
+ * products inside int16 (2 * 127 * 127 < 32767).
+ */
+__attribute__((target("avx2"))) static int32_t
+dot_i8_avx2(const int8_t *a, const int8_t *b, int64_t n)
+{
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256i acc = _mm256_setzero_si256();
+	__m128i h;
+	int32_t s;
+	int64_t i = 0;
+
+	for (; i + 32 <= n; i += 32) {
+		__m256i va = _mm256_loadu_si256((const __m256i *)(const void *)(a + i));
+		__m256i vb = _mm256_loadu_si256((const __m256i *)(const void *)(b + i));
+		__m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+
+		acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+	}
+	h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+	s = _mm_cvtsi128_si32(h);
+	for (; i < n; i++)
+		s += (int32_t)a[i] * b[i];
+	return s;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static int32_t
+dot_i8_vnni(const int8_t *a, const int8_t *b, int64_t n)
+{
+	__m512i acc = _mm512_setzero_si512();
+	int64_t i = 0;
+	int32_t s;
+
+	for (; i + 64 <= n; i += 64) {
+		__m512i va = _mm512_loadu_si512((const void *)(a + i));
+		__m512i vb = _mm512_loadu_si512((const void *)(b + i));
+		/* |a| as unsigned, a's sign moved onto b: exact signed products. */
+		__mmask64 neg = _mm512_movepi8_mask(va);
+		__m512i aa = _mm512_abs_epi8(va);
+		__m512i sb = _mm512_mask_sub_epi8(vb, neg, _mm512_setzero_si512(), vb);
+
+		acc = _mm512_dpbusd_epi32(acc, aa, sb);
+	}
+	s = _mm512_reduce_add_epi32(acc);
+	for (; i < n; i++)
+		s += (int32_t)a[i] * b[i];
+	return s;
+}
+#endif
+
+int32_t
+nesa_dot_i8(const int8_t *a, const int8_t *b, int64_t n)
+{
+	static int32_t (*fn)(const int8_t *, const int8_t *, int64_t);
+
+	if (fn == NULL) {
+		fn = dot_i8_plain;
+#ifdef NESA_HAVE_X86_SIMD
+		__builtin_cpu_init();
+		if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"))
+			fn = dot_i8_vnni;
+		else if (__builtin_cpu_supports("avx2"))
+			fn = dot_i8_avx2;
+#endif
+	}
+	return fn(a, b, n);
+}

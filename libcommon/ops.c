@@ -11,7 +11,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "ops.h"
+#include "parallel.h"
 
 static float
 dot_f32(const float *a, const float *b, int64_t n)
@@ -488,4 +490,126 @@ nesa_avgpool(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw
              float *y)
 {
 	pool(x, C, H, W, kh, kw, sh, sw, ph, pw, y, 0);
+}
+
+int32_t
+nesa_dot_i8_ref(const int8_t *a, const int8_t *b, int64_t n)
+{
+	int32_t s = 0;
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		s += (int32_t)a[i] * b[i];
+	return s;
+}
+
+size_t
+nesa_linear_int8_scratch(int64_t rows, int64_t in)
+{
+	/* x8 (rows, in), row scales (rows), column flags (in), outlier list (in), padding */
+	return (size_t)(rows * in) + (size_t)rows * sizeof(float) + (size_t)in +
+	       (size_t)in * sizeof(int32_t) + 4 * NESA_ALIGN;
+}
+
+struct int8_job {
+	int32_t (*dot)(const int8_t *, const int8_t *, int64_t);
+	const int8_t *x8, *w8;
+	const float *sx, *sw;
+	float *y;
+	int64_t rows, in, out;
+};
+
+static void
+int8_part(void *ctx, int64_t begin, int64_t end)
+{
+	const struct int8_job *j = ctx;
+	int64_t o, r;
+
+	for (o = begin; o < end; o++)
+		for (r = 0; r < j->rows; r++)
+			j->y[r * j->out + o] += (float)j->dot(j->x8 + r * j->in, j->w8 + o * j->in, j->in) *
+			                        j->sx[r] * j->sw[o];
+}
+
+static void
+linear_int8(int32_t (*dot)(const int8_t *, const int8_t *, int64_t), const float *x, int64_t rows,
+            int64_t in, const int8_t *w8, const float *sw, int64_t out, const float *wo,
+            const int32_t *oidx, int64_t k, float threshold, const float *b, float *y, void *scratch)
+{
+	/* Carve the scratch: keep each part aligned. */
+	char *p = scratch;
+	int8_t *x8 = (int8_t *)p;                         /* (rows, in) */
+	float *sx;                                         /* (rows) */
+	uint8_t *out_col;                                  /* (in) 1 for an outlier column */
+	int32_t *dyn;                                      /* (in) run-time outlier columns */
+	struct int8_job job;
+	int64_t r, c, o, n_dyn = 0;
+
+	p += ((size_t)(rows * in) + NESA_ALIGN - 1) / NESA_ALIGN * NESA_ALIGN;
+	sx = (float *)(void *)p;
+	p += ((size_t)rows * sizeof(float) + NESA_ALIGN - 1) / NESA_ALIGN * NESA_ALIGN;
+	out_col = (uint8_t *)p;
+	p += ((size_t)in + NESA_ALIGN - 1) / NESA_ALIGN * NESA_ALIGN;
+	dyn = (int32_t *)(void *)p;
+
+	memset(out_col, 0, (size_t)in);
+	for (c = 0; c < k; c++)
+		out_col[oidx[c]] = 1;
+	/* Columns that cross the threshold in any row leave the int8 product. */
+	if (threshold > 0)
+		for (c = 0; c < in; c++) {
+			if (out_col[c])
+				continue;
+			for (r = 0; r < rows; r++)
+				if (fabsf(x[r * in + c]) > threshold) {
+					out_col[c] = 2;
+					dyn[n_dyn++] = (int32_t)c;
+					break;
+				}
+		}
+	/* Rows of x to int8 with their own absmax over the remaining columns. */
+	for (r = 0; r < rows; r++) {
+		const float *xr = x + r * in;
+		float amax = 0, inv;
+
+		for (c = 0; c < in; c++)
+			if (!out_col[c] && fabsf(xr[c]) > amax)
+				amax = fabsf(xr[c]);
+		sx[r] = amax / 127.0f;
+		inv = amax > 0 ? 127.0f / amax : 0.0f;
+		for (c = 0; c < in; c++)
+			x8[r * in + c] = out_col[c] ? 0 : (int8_t)nearbyintf(xr[c] * inv);
+	}
+	/* Start from the bias and the f32 outlier products. */
+	for (r = 0; r < rows; r++)
+		for (o = 0; o < out; o++) {
+			float s = b != NULL ? b[o] : 0.0f;
+
+			for (c = 0; c < k; c++)
+				s += x[r * in + oidx[c]] * wo[o * k + c];
+			for (c = 0; c < n_dyn; c++)
+				s += x[r * in + dyn[c]] * ((float)w8[o * in + dyn[c]] * sw[o]);
+			y[r * out + o] = s;
+		}
+	job = (struct int8_job){dot, x8, w8, sx, sw, y, rows, in, out};
+	if (out * in < (INT64_C(1) << 18))
+		int8_part(&job, 0, out);
+	else
+		nesa_parallel_for(out, 16, int8_part, &job);
+}
+
+void
+nesa_linear_int8_ref(const float *x, int64_t rows, int64_t in, const int8_t *w8, const float *sw,
+                     int64_t out, const float *wo, const int32_t *oidx, int64_t k, float threshold,
+                     const float *b, float *y, void *scratch)
+{
+	linear_int8(nesa_dot_i8_ref, x, rows, in, w8, sw, out, wo, oidx, k, threshold, b, y, scratch);
+}
+
+void
+nesa_linear_int8(const float *x, int64_t rows, int64_t in, const int8_t *w8, const float *sw,
+                 int64_t out, const float *wo, const int32_t *oidx, int64_t k, float threshold,
+                 const float *b, float *y, void *scratch)
+{
+	linear_int8(nesa_dot_i8, x, rows, in, w8, sw, out, wo, oidx, k, threshold, b, y, scratch);
 }

@@ -36,6 +36,30 @@ float nesa_dot_f32(const float *a, const float *b, int64_t n);
 void nesa_axpy_f32(float a, const float *x, float *y, int64_t n);
 void nesa_gemv_f32(const float *w, int64_t out, int64_t in, const float *x, float *y);
 
+/* Integer dot product of two int8 vectors (values in [-127, 127]) in int32. */
+int32_t nesa_dot_i8(const int8_t *a, const int8_t *b, int64_t n);
+int32_t nesa_dot_i8_ref(const int8_t *a, const int8_t *b, int64_t n);
+
+/*
+ * LLM.int8() mixed-precision product: y (rows, out) = x (rows, in) W^T (+ b)
+ * with W kept as int8 w8 (out, in) and per-row scales sw (out), W ~ w8 * sw.
+ * The k outlier columns oidx (increasing) of x are multiplied in f32 by wo
+ * (out, k), the original weights of those columns.  With threshold > 0, any
+ * other column whose |x| exceeds it in some row is also taken out of the
+ * int8 product and multiplied in f32 by its dequantized weights (as
+ * bitsandbytes does).  The remaining columns: each row of x is quantized to
+ * int8 with its own absmax scale, then int32 dot products.  scratch holds
+ * nesa_linear_int8_scratch(rows, in) bytes.  The _ref version differs only
+ * in its plain dot product.
+ */
+size_t nesa_linear_int8_scratch(int64_t rows, int64_t in);
+void nesa_linear_int8(const float *x, int64_t rows, int64_t in, const int8_t *w8, const float *sw,
+                      int64_t out, const float *wo, const int32_t *oidx, int64_t k, float threshold,
+                      const float *b, float *y, void *scratch);
+void nesa_linear_int8_ref(const float *x, int64_t rows, int64_t in, const int8_t *w8,
+                          const float *sw, int64_t out, const float *wo, const int32_t *oidx,
+                          int64_t k, float threshold, const float *b, float *y, void *scratch);
+
 /* y = x / sqrt(mean(x^2) + eps) * w, per row; x, y (rows, dim); y may be x. */
 void nesa_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps);
 

@@ -270,6 +270,126 @@ test_attention_against_ref(void **state)
 		}
 }
 
+static void
+test_dot_i8(void **state)
+{
+	static int8_t a[300], b[300];
+	uint64_t seed = 21;
+	int64_t n, i;
+
+	(void)state;
+	for (i = 0; i < 300; i++) {
+		a[i] = (int8_t)((int)(test_rand(&seed) % 255) - 127);
+		b[i] = (int8_t)((int)(test_rand(&seed) % 255) - 127);
+	}
+	for (n = 0; n <= 300; n += (n < 130 ? 1 : 17))
+		assert_int_equal(nesa_dot_i8(a, b, n), nesa_dot_i8_ref(a, b, n));
+	/* The extremes: every product at its largest, of both signs. */
+	for (i = 0; i < 300; i++) {
+		a[i] = (int8_t)(i % 2 ? 127 : -127);
+		b[i] = (int8_t)(i % 3 ? -127 : 127);
+	}
+	assert_int_equal(nesa_dot_i8(a, b, 300), nesa_dot_i8_ref(a, b, 300));
+}
+
+/* Quantizes W (out, in) per row as a decomposition tool would. */
+static void
+quant_rows(const float *w, int64_t out, int64_t in, int8_t *w8, float *sw)
+{
+	int64_t o, c;
+
+	for (o = 0; o < out; o++) {
+		float amax = 0;
+
+		for (c = 0; c < in; c++)
+			amax = fmaxf(amax, fabsf(w[o * in + c]));
+		sw[o] = amax / 127.0f;
+		for (c = 0; c < in; c++)
+			w8[o * in + c] = (int8_t)nearbyintf(amax > 0 ? w[o * in + c] * 127.0f / amax : 0.0f);
+	}
+}
+
+/*
+ * LLM.int8(): fast and reference kernels agree exactly; the product stays
+ * within the bound of nesa-decompose(1) — for each output
+ * sum_c (|x_c| sw/2 + |W_c| sx/2 + sw sx/4) over the int8 columns — and an
+ * outlier column taken out (statically or at run time) removes its error.
+ */
+static void
+test_linear_int8(void **state)
+{
+	enum { ROWS = 3, IN = 70, OUT = 9 };
+	static float x[ROWS * IN], w[OUT * IN], wo[OUT * 2], y[ROWS * OUT], y2[ROWS * OUT];
+	static float ref[ROWS * OUT], sw[OUT];
+	static int8_t w8[OUT * IN];
+	static char scratch[8192];
+	const int32_t oidx[2] = {5, 40};
+	uint64_t seed = 9;
+	int64_t r, o, c;
+	int64_t shape[2] = {OUT, IN};
+	struct nesa_tensor wt;
+
+	(void)state;
+	assert_true(nesa_linear_int8_scratch(ROWS, IN) <= sizeof scratch);
+	fill(x, ROWS * IN, &seed);
+	fill(w, OUT * IN, &seed);
+	quant_rows(w, OUT, IN, w8, sw);
+	assert_int_equal(nesa_tensor_init(&wt, NESA_F32, 2, shape, NULL), NESA_OK);
+	wt.data = w;
+	nesa_linear_ref(x, ROWS, IN, &wt, NULL, ref);
+	nesa_linear_int8(x, ROWS, IN, w8, sw, OUT, NULL, NULL, 0, 0, NULL, y, scratch);
+	nesa_linear_int8_ref(x, ROWS, IN, w8, sw, OUT, NULL, NULL, 0, 0, NULL, y2, scratch);
+	assert_memory_equal(y, y2, sizeof y);
+	for (r = 0; r < ROWS; r++) {
+		float sx = 0;
+
+		for (c = 0; c < IN; c++)
+			sx = fmaxf(sx, fabsf(x[r * IN + c]));
+		sx /= 127.0f;
+		for (o = 0; o < OUT; o++) {
+			double bound = 1e-5;
+
+			for (c = 0; c < IN; c++)
+				bound += fabsf(x[r * IN + c]) * sw[o] / 2 + fabsf(w[o * IN + c]) * sx / 2 + sw[o] * sx / 4;
+			assert_true(fabs(y[r * OUT + o] - ref[r * OUT + o]) <= bound);
+		}
+	}
+	/* A column 100 times larger than the rest ruins every row's int8 scale... */
+	for (r = 0; r < ROWS; r++)
+		x[r * IN + 40] = 100.0f;
+	nesa_linear_ref(x, ROWS, IN, &wt, NULL, ref);
+	nesa_linear_int8(x, ROWS, IN, w8, sw, OUT, NULL, NULL, 0, 0, NULL, y, scratch);
+	{
+		double err_plain = 0, err_static = 0, err_dynamic = 0;
+
+		for (r = 0; r < ROWS * OUT; r++)
+			err_plain += fabs(y[r] - ref[r]);
+		/* ...unless it goes through the f32 path with its original weights... */
+		for (o = 0; o < OUT; o++) {
+			wo[o * 2] = w[o * IN + 5];
+			wo[o * 2 + 1] = w[o * IN + 40];
+		}
+		nesa_linear_int8(x, ROWS, IN, w8, sw, OUT, wo, oidx, 2, 0, NULL, y, scratch);
+		nesa_linear_int8_ref(x, ROWS, IN, w8, sw, OUT, wo, oidx, 2, 0, NULL, y2, scratch);
+		assert_memory_equal(y, y2, sizeof y);
+		for (r = 0; r < ROWS * OUT; r++)
+			err_static += fabs(y[r] - ref[r]);
+		/* ...or is found at run time by the threshold. */
+		nesa_linear_int8(x, ROWS, IN, w8, sw, OUT, NULL, NULL, 0, 6.0f, NULL, y, scratch);
+		for (r = 0; r < ROWS * OUT; r++)
+			err_dynamic += fabs(y[r] - ref[r]);
+		/*
+		 * Run-time outliers keep their activations exact but use dequantized
+		 * weights, so calibrated outliers with their original weights win.
+		 */
+		fprintf(stderr, "# int8 error: plain %.4g, static outliers %.4g, run-time outliers %.4g\n",
+		        err_plain, err_static, err_dynamic);
+		assert_true(err_static * 20 < err_plain);
+		assert_true(err_dynamic * 2 < err_plain);
+		assert_true(err_static < err_dynamic);
+	}
+}
+
 int
 main(void)
 {
@@ -282,6 +402,8 @@ main(void)
 		cmocka_unit_test(test_pools),
 		cmocka_unit_test(test_vector_kernels),
 		cmocka_unit_test(test_attention_against_ref),
+		cmocka_unit_test(test_dot_i8),
+		cmocka_unit_test(test_linear_int8),
 	};
 
 	return cmocka_run_group_tests_name("ops", tests, NULL, NULL);
