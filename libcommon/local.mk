@@ -12,8 +12,10 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/err.c libcommon/err.h \
 	libcommon/eval.c libcommon/eval.h \
 	libcommon/exec.c libcommon/exec.h \
+	libcommon/frame.c \
 	libcommon/gguf.c libcommon/gguf.h \
 	libcommon/graph.c libcommon/graph.h \
+	libcommon/hash.c libcommon/hash.h \
 	libcommon/import.c libcommon/import.h \
 	libcommon/linalg.c libcommon/linalg.h \
 	libcommon/llama2c.c libcommon/llama2c.h \
@@ -35,9 +37,12 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/sample.c libcommon/sample.h \
 	libcommon/serve.c libcommon/serve.h \
 	libcommon/shard.c libcommon/shard.h \
+	libcommon/shard-impl.h libcommon/shard-write.c \
 	libcommon/stream.c libcommon/stream.h \
+	libcommon/stream-impl.h \
 	libcommon/tensor.c libcommon/tensor.h \
 	libcommon/tokenizer.c libcommon/tokenizer.h \
+	libcommon/tokenizer-impl.h libcommon/tokenizer-load.c \
 	libcommon/version.h \
 	libcommon/xio.c libcommon/xio.h
 libcommon_libnesacommon_la_CPPFLAGS = $(AM_CPPFLAGS) $(BLAS_CFLAGS) $(LAPACKE_CFLAGS) \

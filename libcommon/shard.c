@@ -8,9 +8,11 @@
  * schema-checked before anything is allocated from it, every member must be
  * the regular file the manifest announces at its place, member sizes must
  * equal the sizes the shapes imply, and every tensor's sha256 is checked.
- * Nothing is ever extracted to disk.  Writing produces the same bytes for
- * the same input (fixed owner, mode and time, no gzip timestamp, no padding
- * after the end-of-archive marker) and goes through a temporary file.
+ * Nothing is ever extracted to disk.
+ *
+ * The writer, which produces byte-identical archives for identical input,
+ * is in shard-write.c; it shares the manifest schema checks below through
+ * shard-impl.h.  The sha256 helpers are in hash.c.
  */
 #include "config.h"
 
@@ -28,18 +30,13 @@
 #include <sodium.h>
 
 #include "alloc.h"
-#include "shard.h"
-#include "version.h"
+#include "shard-impl.h"
 #include "xio.h"
 
 #define SHARD_MAGIC 0x4e534131u          /* "NSA1": catches use of a freed or foreign handle */
 #define TAR_BLOCK 512                    /* tar record size; member data starts on a record */
 #define READ_CHUNK ((size_t)1 << 16)     /* bytes per read(2) from a stream */
 #define GROW_FIRST ((size_t)1 << 20)     /* first buffer for data not known to be present */
-#define WRITE_CHUNK ((size_t)1 << 24)    /* bytes per archive_write_data() call */
-#define MEMBER_MODE 0644
-#define MEMBER_OWNER "nesa"
-#define MANIFEST_JSON_FLAGS (JSON_INDENT(2) | JSON_PRESERVE_ORDER)
 #define MAX_N_BLOCKS INT32_MAX
 
 enum hash_state { HASH_PENDING, HASH_OK, HASH_BAD };
@@ -75,62 +72,6 @@ disp(const char *path)
 	return nesa_is_stdio(path) ? "standard input" : path;
 }
 
-/*
- * Copies an untrusted string into buf for a message: bytes outside printable
- * ASCII become '?' so a hostile name cannot drive the terminal, and long
- * names are cut with "...".
- */
-static const char *
-safe(const char *s, size_t len, char *buf, size_t size)
-{
-	size_t i, o = 0;
-
-	for (i = 0; i < len && o + 4 < size; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		buf[o++] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	if (i < len)
-		buf[o++] = '.', buf[o++] = '.', buf[o++] = '.';
-	buf[o] = '\0';
-	return buf;
-}
-
-/* sha256 helpers. */
-
-static bool
-sodium_ready(void)
-{
-	/* Idempotent and thread-safe; returns 1 when already initialised. */
-	return sodium_init() >= 0;
-}
-
-void
-nesa_sha256(const void *data, size_t n, unsigned char out[NESA_SHA256_BYTES])
-{
-	static const unsigned char empty;
-
-	crypto_hash_sha256(out, n > 0 ? data : &empty, n);
-}
-
-char *
-nesa_sha256_hex(const unsigned char hash[NESA_SHA256_BYTES], char out[NESA_SHA256_HEX])
-{
-	/* libsodium writes lowercase digits and the NUL. */
-	return sodium_bin2hex(out, NESA_SHA256_HEX, hash, NESA_SHA256_BYTES);
-}
-
-bool
-nesa_sha256_from_hex(const char *hex, unsigned char out[NESA_SHA256_BYTES])
-{
-	size_t n;
-
-	/* The length test comes first so the decoder never sees a partial hash. */
-	return hex != NULL && strlen(hex) == 2 * NESA_SHA256_BYTES &&
-	       sodium_hex2bin(out, NESA_SHA256_BYTES, hex, 2 * NESA_SHA256_BYTES, NULL, &n, NULL) == 0 &&
-	       n == NESA_SHA256_BYTES;
-}
-
 /* The manifest spells hashes one way only, so equal archives stay byte-identical. */
 static bool
 is_hex64_lower(const char *s, size_t len)
@@ -145,38 +86,11 @@ is_hex64_lower(const char *s, size_t len)
 	return true;
 }
 
+/* Names; shard_check_name() also vets the names the writer is given. */
+
 enum nesa_status
-nesa_sha256_file(const char *path, unsigned char out[NESA_SHA256_BYTES], struct nesa_err *err)
-{
-	crypto_hash_sha256_state h;
-	unsigned char buf[READ_CHUNK];
-	enum nesa_status s;
-	size_t n;
-	FILE *fp;
-
-	if (!sodium_ready())
-		return nesa_err_set(err, NESA_EINTERNAL, "cannot initialise libsodium");
-	s = nesa_in_open(path, &fp, err);
-	if (s != NESA_OK)
-		return s;
-	crypto_hash_sha256_init(&h);
-	while ((n = fread(buf, 1, sizeof buf, fp)) > 0)
-		crypto_hash_sha256_update(&h, buf, n);
-	if (ferror(fp)) {
-		s = nesa_err_sys(err, NESA_EIO, "cannot read '%s'", disp(path));
-		nesa_in_close(fp);
-		return s;
-	}
-	nesa_in_close(fp);
-	crypto_hash_sha256_final(&h, out);
-	return NESA_OK;
-}
-
-/* Names. */
-
-static enum nesa_status
-check_name(const char *name, size_t len, const char *where, enum nesa_status bad,
-           struct nesa_err *err)
+shard_check_name(const char *name, size_t len, const char *where, enum nesa_status bad,
+                 struct nesa_err *err)
 {
 	const char *why = NULL;
 	size_t i, comp = 0;
@@ -220,7 +134,7 @@ nesa_shard_check_name(const char *name, size_t len, const char *where, struct ne
 {
 	if (name == NULL)
 		return nesa_err_set(err, NESA_EINVAL, "invalid tensor name: NULL");
-	return check_name(name, len, where, NESA_EINVAL, err);
+	return shard_check_name(name, len, where, NESA_EINVAL, err);
 }
 
 /*
@@ -246,7 +160,11 @@ unsafe_path(const char *p)
 	}
 }
 
-/* Manifest schema; messages name the key by its dotted path. */
+/*
+ * Manifest schema; messages name the key by its dotted path.  The checks
+ * take the status for a violation because shard-write.c applies them to a
+ * caller's header too (see shard-impl.h).
+ */
 
 static const char *
 type_name(json_type t)
@@ -289,8 +207,9 @@ get_int(const json_t *obj, const char *key, const char *path, json_int_t min, js
 	return NESA_OK;
 }
 
-static enum nesa_status
-check_model(const json_t *top, enum nesa_status bad, json_int_t *n_blocks, struct nesa_err *err)
+enum nesa_status
+shard_check_model(const json_t *top, enum nesa_status bad, json_int_t *n_blocks,
+                  struct nesa_err *err)
 {
 	static const char *const strs[] = {"name", "arch", "source"};
 	const json_t *model = NULL, *v = NULL;
@@ -312,8 +231,9 @@ check_model(const json_t *top, enum nesa_status bad, json_int_t *n_blocks, struc
 	return s;
 }
 
-static enum nesa_status
-check_blocks(const json_t *top, json_int_t n_blocks, enum nesa_status bad, struct nesa_err *err)
+enum nesa_status
+shard_check_blocks(const json_t *top, json_int_t n_blocks, enum nesa_status bad,
+                   struct nesa_err *err)
 {
 	const json_t *blocks = NULL;
 	json_int_t first = 0, count;
@@ -335,8 +255,9 @@ cmp_str(const void *a, const void *b)
 }
 
 /* Sorts a copy of the names to find a duplicate in n log n. */
-static enum nesa_status
-check_unique(const char *const *names, size_t n, enum nesa_status bad, struct nesa_err *err)
+enum nesa_status
+shard_check_unique(const char *const *names, size_t n, enum nesa_status bad,
+                   struct nesa_err *err)
 {
 	const char **sorted;
 	enum nesa_status s = NESA_OK;
@@ -390,7 +311,7 @@ parse_tensor(const json_t *o, size_t idx, struct tinfo *t, struct nesa_err *err)
 	    (s = tfield(o, idx, "sha256", JSON_STRING, &sha, err)) != NESA_OK)
 		return s;
 	t->name = json_string_value(name);
-	s = check_name(t->name, json_string_length(name), NULL, NESA_EFORMAT, err);
+	s = shard_check_name(t->name, json_string_length(name), NULL, NESA_EFORMAT, err);
 	if (s != NESA_OK)
 		return s;
 	snprintf(what, sizeof what, "tensor '%s'", t->name);
@@ -464,9 +385,9 @@ check_manifest(const json_t *m, const char *archive, struct tinfo **out, size_t 
 	 */
 	s = get_field(m, "created_by", JSON_STRING, "created_by", NESA_EFORMAT, &v, err);
 	if (s == NESA_OK)
-		s = check_model(m, NESA_EFORMAT, &n_blocks, err);
+		s = shard_check_model(m, NESA_EFORMAT, &n_blocks, err);
 	if (s == NESA_OK)
-		s = check_blocks(m, n_blocks, NESA_EFORMAT, err);
+		s = shard_check_blocks(m, n_blocks, NESA_EFORMAT, err);
 	if (s == NESA_OK && ((v = json_object_get(m, "graph")) == NULL ||
 	                     !(json_is_object(v) || json_is_null(v))))
 		s = nesa_err_set(err, NESA_EFORMAT, "'graph' must be an object or null");
@@ -488,7 +409,7 @@ check_manifest(const json_t *m, const char *archive, struct tinfo **out, size_t 
 		names[i] = ti[i].name;
 	}
 	if (s == NESA_OK)
-		s = check_unique(names, nt, NESA_EFORMAT, err);
+		s = shard_check_unique(names, nt, NESA_EFORMAT, err);
 	if (s != NESA_OK)
 		goto fail;
 	nesa_free(names);
@@ -1259,336 +1180,4 @@ int64_t
 nesa_shard_manifest_n_blocks(const json_t *manifest)
 {
 	return manifest_int(manifest, "model", "n_blocks");
-}
-
-/* Writing. */
-
-/* The caller's part of the manifest: model, blocks, graph, meta and nothing else. */
-static enum nesa_status
-check_header(const json_t *header, struct nesa_err *err)
-{
-	const char *key;
-	json_t *v;
-	json_int_t n_blocks;
-	enum nesa_status s;
-	char q[96];
-
-	if (!json_is_object(header))
-		return nesa_err_set(err, NESA_EINVAL, "header is not a JSON object");
-	/* json_object_foreach wants a mutable object; nothing is modified. */
-	json_object_foreach((json_t *)(uintptr_t)header, key, v) {
-		if (strcmp(key, "model") != 0 && strcmp(key, "blocks") != 0 &&
-		    strcmp(key, "graph") != 0 && strcmp(key, "meta") != 0)
-			return nesa_err_set(err, NESA_EINVAL, "unknown key '%s' in header",
-			                    safe(key, strlen(key), q, sizeof q));
-	}
-	s = check_model(header, NESA_EINVAL, &n_blocks, err);
-	if (s == NESA_OK)
-		s = check_blocks(header, n_blocks, NESA_EINVAL, err);
-	v = json_object_get(header, "graph");
-	if (s == NESA_OK && v != NULL && !json_is_object(v) && !json_is_null(v))
-		s = nesa_err_set(err, NESA_EINVAL, "'graph' must be an object or null");
-	v = json_object_get(header, "meta");
-	if (s == NESA_OK && v != NULL && !json_is_object(v))
-		s = nesa_err_set(err, NESA_EINVAL, "'meta' must be an object");
-	return s;
-}
-
-static enum nesa_status
-check_tensors(const struct nesa_tensor *const *tensors, size_t n, struct nesa_err *err)
-{
-	const char **names;
-	enum nesa_status s = NESA_OK;
-	size_t i, nbytes;
-	char what[300];
-
-	names = nesa_calloc(n > 0 ? n : 1, sizeof *names);
-	if (names == NULL)
-		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
-	for (i = 0; i < n && s == NESA_OK; i++) {
-		const struct nesa_tensor *t = tensors[i];
-
-		if (t == NULL || t->name == NULL) {
-			s = nesa_err_set(err, NESA_EINVAL, "tensor %zu has no name", i);
-			break;
-		}
-		names[i] = t->name;
-		s = check_name(t->name, strlen(t->name), NULL, NESA_EINVAL, err);
-		if (s != NESA_OK)
-			break;
-		snprintf(what, sizeof what, "tensor '%s'", t->name);
-		s = nesa_shape_check(t->dtype, t->ndim, t->shape, true, &nbytes, what, err);
-		if (s != NESA_OK)
-			break;
-		if (!nesa_tensor_is_contiguous(t) || t->nbytes != nbytes)
-			s = nesa_err_set(err, NESA_EINVAL, "%s is not contiguous", what);
-		else if (t->data == NULL && nbytes > 0)
-			s = nesa_err_set(err, NESA_EINVAL, "%s has no data", what);
-	}
-	if (s == NESA_OK)
-		s = check_unique(names, n, NESA_EINVAL, err);
-	nesa_free(names);
-	return s;
-}
-
-/* Adds the writer's keys around the caller's header; NULL when out of memory. */
-static json_t *
-build_manifest(const json_t *header, const struct nesa_tensor *const *tensors, size_t n)
-{
-	json_t *m = json_object(), *arr = json_array(), *g = json_object_get(header, "graph");
-	json_t *meta = json_object_get(header, "meta");
-	bool ok = m != NULL && arr != NULL;
-	size_t i;
-
-	/*
-	 * A fixed key order keeps the bytes reproducible and the file readable.
-	 * The caller's values are deep-copied so its header is neither modified
-	 * nor shared with a manifest it does not own.
-	 */
-	ok = ok && json_object_set_new(m, "format", json_string(NESA_SHARD_FORMAT)) == 0;
-	ok = ok && json_object_set_new(m, "version", json_integer(NESA_SHARD_VERSION)) == 0;
-	ok = ok && json_object_set_new(m, "created_by", json_string("nesa " NESA_VERSION_STRING)) == 0;
-	ok = ok && json_object_set_new(m, "model", json_deep_copy(json_object_get(header, "model"))) == 0;
-	ok = ok && json_object_set_new(m, "blocks", json_deep_copy(json_object_get(header, "blocks"))) == 0;
-	ok = ok && json_object_set_new(m, "graph", g != NULL ? json_deep_copy(g) : json_null()) == 0;
-	ok = ok && json_object_set_new(m, "meta", meta != NULL ? json_deep_copy(meta) : json_object()) == 0;
-	for (i = 0; ok && i < n; i++) {
-		const struct nesa_tensor *t = tensors[i];
-		json_t *o = json_object(), *shape = json_array();
-		unsigned char sha[NESA_SHA256_BYTES];
-		char hex[NESA_SHA256_HEX];
-		int k;
-
-		nesa_sha256(t->data, t->nbytes, sha);
-		for (k = 0; shape != NULL && ok && k < t->ndim; k++)
-			ok = json_array_append_new(shape, json_integer((json_int_t)t->shape[k])) == 0;
-		ok = ok && o != NULL && shape != NULL;
-		ok = ok && json_object_set_new(o, "name", json_string(t->name)) == 0;
-		ok = ok && json_object_set_new(o, "dtype", json_string(nesa_dtype_name(t->dtype))) == 0;
-		ok = ok && json_object_set(o, "shape", shape) == 0;
-		ok = ok && json_object_set_new(o, "bytes", json_integer((json_int_t)t->nbytes)) == 0;
-		ok = ok && json_object_set_new(o, "sha256", json_string(nesa_sha256_hex(sha, hex))) == 0;
-		ok = ok && json_array_append(arr, o) == 0;
-		json_decref(shape);
-		json_decref(o);
-	}
-	ok = ok && json_object_set(m, "tensors", arr) == 0;
-	json_decref(arr);
-	if (!ok) {
-		json_decref(m);
-		return NULL;
-	}
-	return m;
-}
-
-/* Serialises the manifest into a nesa_malloc'd buffer ending in a newline. */
-static enum nesa_status
-dump_manifest(const json_t *m, char **text, size_t *len, struct nesa_err *err)
-{
-	size_t n = json_dumpb(m, NULL, 0, MANIFEST_JSON_FLAGS);
-
-	*text = NULL;
-	if (n == 0)
-		return nesa_err_set(err, NESA_ENOMEM, "cannot serialise the manifest: out of memory");
-	if (n + 1 > NESA_SHARD_MANIFEST_MAX)
-		return nesa_err_set(err, NESA_ELIMIT, "manifest too large (%zu bytes, at most %zu)", n + 1,
-		                    NESA_SHARD_MANIFEST_MAX);
-	*text = nesa_malloc(n + 1);
-	if (*text == NULL)
-		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
-	if (json_dumpb(m, *text, n, MANIFEST_JSON_FLAGS) != n) {
-		nesa_free(*text);
-		*text = NULL;
-		return nesa_err_set(err, NESA_EINTERNAL, "cannot serialise the manifest");
-	}
-	(*text)[n] = '\n';
-	*len = n + 1;
-	return NESA_OK;
-}
-
-struct wr {
-	struct nesa_out out;
-	const char *name;      /* the output for messages */
-	struct nesa_err ioerr; /* the output's own failure, which beats libarchive's summary */
-	bool io_failed;
-};
-
-static la_ssize_t
-out_write(struct archive *a, void *ctx, const void *buf, size_t n)
-{
-	struct wr *w = ctx;
-
-	if (nesa_out_write(&w->out, buf, n, &w->ioerr) != NESA_OK) {
-		int e = w->ioerr.sys_errno != 0 ? w->ioerr.sys_errno : EIO;
-
-		/* Our own words: the output's name is not known for every kind of output. */
-		errno = e;
-		nesa_err_sys(&w->ioerr, NESA_EIO, "cannot write '%s'", w->name);
-		w->io_failed = true;
-		archive_set_error(a, e, "%s", nesa_err_msg(&w->ioerr));
-		return -1;
-	}
-	return (la_ssize_t)n;
-}
-
-static enum nesa_status
-wr_fail(struct wr *w, struct archive *a, const char *path, struct nesa_err *err)
-{
-	if (w->io_failed)
-		return nesa_err_copy(err, &w->ioerr);
-	if (archive_errno(a) == ENOMEM)
-		return nesa_err_set(err, NESA_ENOMEM, "cannot write '%s': out of memory", path);
-	return nesa_err_set(err, NESA_EIO, "cannot write '%s': %s", path,
-	                    archive_error_string(a) != NULL ? archive_error_string(a) : "archive error");
-}
-
-/* One regular member with the fixed metadata that makes archives reproducible. */
-static enum nesa_status
-write_member(struct wr *w, struct archive *a, const char *member, const void *data, size_t size,
-             const char *path, struct nesa_err *err)
-{
-	struct archive_entry *e = archive_entry_new();
-	const unsigned char *p = data;
-	size_t done = 0;
-	int r;
-
-	if (e == NULL)
-		return nesa_err_set(err, NESA_ENOMEM, "cannot write '%s': out of memory", path);
-	archive_entry_set_pathname(e, member);
-	archive_entry_set_filetype(e, AE_IFREG);
-	archive_entry_set_perm(e, MEMBER_MODE);
-	archive_entry_set_size(e, (la_int64_t)size);
-	archive_entry_set_mtime(e, 0, 0);
-	archive_entry_set_uid(e, 0);
-	archive_entry_set_gid(e, 0);
-	archive_entry_set_uname(e, MEMBER_OWNER);
-	archive_entry_set_gname(e, MEMBER_OWNER);
-	r = archive_write_header(a, e);
-	archive_entry_free(e);
-	if (r != ARCHIVE_OK)
-		return wr_fail(w, a, path, err);
-	while (done < size) {
-		size_t chunk = size - done < WRITE_CHUNK ? size - done : WRITE_CHUNK;
-		la_ssize_t got = archive_write_data(a, p + done, chunk);
-
-		if (got <= 0)
-			return wr_fail(w, a, path, err);
-		done += (size_t)got;
-	}
-	return NESA_OK;
-}
-
-static int
-add_filter(struct archive *a, enum nesa_shard_compress c)
-{
-	int r;
-
-	switch (c) {
-	case NESA_SHARD_GZIP:
-		r = archive_write_add_filter_gzip(a);
-		/* gzip stores the current time by default, which breaks reproducibility. */
-		if (r >= ARCHIVE_WARN)
-			r = archive_write_set_filter_option(a, "gzip", "timestamp", NULL);
-		return r;
-	case NESA_SHARD_ZSTD:
-		return archive_write_add_filter_zstd(a);
-	case NESA_SHARD_XZ:
-		return archive_write_add_filter_xz(a);
-	default:
-		return ARCHIVE_OK;
-	}
-}
-
-enum nesa_status
-nesa_shard_write(const char *path, const json_t *header, const struct nesa_tensor *const *tensors,
-                 size_t n, const struct nesa_shard_write_opts *opts, struct nesa_err *err)
-{
-	static const struct nesa_shard_write_opts defaults = {NESA_SHARD_NONE, false};
-	struct archive *a = NULL;
-	json_t *m = NULL;
-	char *text = NULL;
-	char member[300];
-	struct wr w;
-	enum nesa_status s;
-	size_t i, len = 0;
-	const char *name = path != NULL && nesa_is_stdio(path) ? "standard output" : path;
-
-	memset(&w, 0, sizeof w);
-	nesa_out_init(&w.out);
-	w.name = name;
-	if (opts == NULL)
-		opts = &defaults;
-	if (path == NULL || (n > 0 && tensors == NULL))
-		return nesa_err_set(err, NESA_EINVAL, "cannot write shard: no path or tensors given");
-	if ((unsigned)opts->compress > NESA_SHARD_XZ)
-		return nesa_err_set(err, NESA_EINVAL, "cannot write '%s': unknown compression %d", name,
-		                    (int)opts->compress);
-	if (!sodium_ready())
-		return nesa_err_set(err, NESA_EINTERNAL, "cannot write '%s': cannot initialise libsodium",
-		                    name);
-	/* Everything that can be checked is checked before the output exists. */
-	s = check_header(header, err);
-	if (s != NESA_OK) {
-		nesa_err_prefix(err, "cannot write '%s': invalid header", name);
-		return s;
-	}
-	s = check_tensors(tensors, n, err);
-	if (s != NESA_OK) {
-		nesa_err_prefix(err, "cannot write '%s'", name);
-		return s;
-	}
-	m = build_manifest(header, tensors, n);
-	if (m == NULL)
-		return nesa_err_set(err, NESA_ENOMEM, "cannot write '%s': out of memory", name);
-	s = dump_manifest(m, &text, &len, err);
-	json_decref(m);
-	if (s != NESA_OK) {
-		nesa_err_prefix(err, "cannot write '%s'", name);
-		return s;
-	}
-	s = nesa_out_open(&w.out, path, NESA_OUT_BINARY | (opts->force ? NESA_OUT_FORCE : 0), err);
-	if (s != NESA_OK)
-		goto done;
-	a = archive_write_new();
-	if (a == NULL) {
-		s = nesa_err_set(err, NESA_ENOMEM, "cannot write '%s': out of memory", name);
-		goto done;
-	}
-	/*
-	 * pax_restricted writes plain ustar headers and adds a pax extended
-	 * header only for what ustar cannot hold (long names, huge sizes).
-	 * No padding after the end-of-archive marker: readers do not need it
-	 * and it would only inflate compressed output.
-	 */
-	if (archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
-	    add_filter(a, opts->compress) < ARCHIVE_WARN ||
-	    archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
-	    archive_write_open(a, &w, NULL, out_write, NULL) != ARCHIVE_OK) {
-		s = wr_fail(&w, a, name, err);
-		goto done;
-	}
-	s = write_member(&w, a, NESA_SHARD_MANIFEST, text, len, name, err);
-	for (i = 0; s == NESA_OK && i < n; i++) {
-		snprintf(member, sizeof member, "%s%s", NESA_SHARD_TENSOR_PREFIX, tensors[i]->name);
-		s = write_member(&w, a, member, tensors[i]->data, tensors[i]->nbytes, name, err);
-	}
-	if (s == NESA_OK && archive_write_close(a) != ARCHIVE_OK)
-		s = wr_fail(&w, a, name, err);
-	if (s == NESA_OK) {
-		archive_write_free(a);
-		a = NULL;
-		/* Flushing here names the output in the message whatever it is (a device, say). */
-		if (fflush(w.out.fp) != 0 || ferror(w.out.fp))
-			s = nesa_err_sys(err, NESA_EIO, "cannot write '%s'", name);
-		else
-			s = nesa_out_commit(&w.out, err);
-	}
-done:
-	/* The archive goes first: freeing it may still flush through out_write. */
-	if (a != NULL)
-		archive_write_free(a);
-	if (s != NESA_OK)
-		nesa_out_abort(&w.out);
-	nesa_free(text);
-	return s;
 }

@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "hash.h" /* NESA_SHA256_BYTES, and the sha256 helpers callers expect from here */
 #include "tensor.h"
 
 /* Value of the manifest's "format" key and the version this code reads and writes. */
@@ -42,10 +43,6 @@
 
 /* Longest tensor name, in bytes. */
 #define NESA_SHARD_NAME_MAX 255
-
-/* Size of a raw sha256 digest and of its lowercase hex form with NUL. */
-#define NESA_SHA256_BYTES 32
-#define NESA_SHA256_HEX (2 * NESA_SHA256_BYTES + 1)
 
 /* Flags of nesa_shard_open(). */
 enum {
@@ -177,26 +174,5 @@ bool nesa_shard_manifest_source_sha256(const json_t *manifest,
 int64_t nesa_shard_manifest_blocks_first(const json_t *manifest);
 int64_t nesa_shard_manifest_blocks_count(const json_t *manifest);
 int64_t nesa_shard_manifest_n_blocks(const json_t *manifest);
-
-/* sha256 helpers (libsodium), also used for model source hashes. */
-
-/* Hashes n bytes of data (NULL allowed when n is 0). */
-void nesa_sha256(const void *data, size_t n, unsigned char out[NESA_SHA256_BYTES]);
-
-/*
- * Hashes a whole file ("-" = standard input) in one streaming pass.
- * NESA_ENOENT if it cannot be opened, NESA_EIO on a read error.
- */
-enum nesa_status nesa_sha256_file(const char *path, unsigned char out[NESA_SHA256_BYTES],
-                                  struct nesa_err *err);
-
-/* Writes the 64 lowercase hex digits of hash and a NUL into out; returns out. */
-char *nesa_sha256_hex(const unsigned char hash[NESA_SHA256_BYTES], char out[NESA_SHA256_HEX]);
-
-/*
- * Decodes exactly 64 hex digits (either case, nothing after them) into out.
- * False on any other input; out is then unspecified.
- */
-bool nesa_sha256_from_hex(const char *hex, unsigned char out[NESA_SHA256_BYTES]);
 
 #endif
