@@ -5,6 +5,7 @@ noinst_PROGRAMS += bench/nesa-stream-bench
 bench_nesa_stream_bench_SOURCES = bench/stream-bench.c
 bench_nesa_stream_bench_LDADD = $(NESA_LIBS)
 bench_scripts += bench/stream-throughput.sh bench/llama-compare.sh bench/pipeline.sh
+bench_scripts += bench/planner-baselines.sh bench/planner-scale.sh bench/planner-reality.sh
 EXTRA_DIST += bench/common.sh
 EXTRA_DIST += $(bench_scripts)
 bench: all

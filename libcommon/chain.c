@@ -62,7 +62,7 @@ local_free(void *impl)
 	nesa_free(l);
 }
 
-static const struct nesa_chain_ops local_ops = {local_run, local_end, local_free, NULL, NULL, NULL};
+static const struct nesa_chain_ops local_ops = {local_run, local_end, local_free, NULL, NULL, NULL, NULL};
 
 /* Checks that the models are consecutive slices of one model. */
 static enum nesa_status

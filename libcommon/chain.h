@@ -39,6 +39,11 @@ struct nesa_chain_ops {
 	                            struct nesa_err *err);
 	/* Optional: writes a per-stage summary (-v) through the log. */
 	void (*report)(void *impl);
+	/*
+	 * Optional: after a failure, starts the chain again from scratch.
+	 * Sessions are gone; the caller replays the rows it had sent.
+	 */
+	enum nesa_status (*restart)(void *impl, struct nesa_err *err);
 };
 
 struct nesa_chain {

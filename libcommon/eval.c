@@ -19,16 +19,60 @@ struct gen {
 	uint32_t pos;     /* positions fed so far */
 	int produced;     /* new tokens so far */
 	bool done;
+	int32_t *hist;    /* (pos) every token fed, to replay after a failure */
 };
 
 /* A group of sessions that goes through the chain as one batch. */
 struct group {
 	int first, count;        /* sessions [first, first + count) */
 	struct nesa_seg *segs;   /* (count) the batch in flight */
-	int32_t *in;             /* (count * prompt) its tokens */
+	int32_t *in;             /* (count * max_len) its tokens */
 	int *who;                /* (count) session of each segment */
 	int n;                   /* segments in flight */
 };
+
+/*
+ * After a stage failed: restart the chain and send again every group in
+ * flight, each session replaying all its tokens from position 0 so the new
+ * stages rebuild its KV cache (the client's history is the source of truth,
+ * as in Petals).  Sampling goes on from the same state, so the text is what
+ * it would have been without the failure.
+ */
+static enum nesa_status
+recover(struct nesa_chain *c, struct group *grp, const int *fifo, int head, int pending, int n_groups,
+        struct gen *g, uint64_t base, int *retries, struct nesa_err *err)
+{
+	struct nesa_err why;
+	int q, k;
+	enum nesa_status s;
+
+	if (*retries <= 0 || c->ops->restart == NULL ||
+	    (err->status != NESA_EREMOTE && err->status != NESA_ETIMEOUT))
+		return err->status;
+	nesa_err_copy(&why, err);
+	for (;;) {
+		(*retries)--;
+		nesa_log(NESA_LOG_WARN, "%s; restarting the stages and replaying %d group(s) (%d retries left)",
+		         nesa_err_msg(&why), pending, *retries);
+		s = c->ops->restart(c->impl, err);
+		for (q = 0; q < pending && s == NESA_OK; q++) {
+			struct group *gr = &grp[fifo[(head + q) % n_groups]];
+			size_t at = 0;
+
+			for (k = 0; k < gr->n; k++) {
+				const struct gen *gi = &g[gr->who[k]];
+
+				gr->segs[k] = (struct nesa_seg){base + (uint64_t)gr->who[k], 0, gi->pos, true};
+				memcpy(gr->in + at, gi->hist, gi->pos * sizeof *gr->in);
+				at += gi->pos;
+			}
+			s = c->ops->submit(c->impl, gr->segs, gr->n, gr->in, err);
+		}
+		if (s == NESA_OK || *retries <= 0 || (s != NESA_EREMOTE && s != NESA_ETIMEOUT))
+			return s;
+		nesa_err_copy(&why, err);
+	}
+}
 
 static enum nesa_status
 emit_token(const struct nesa_tokenizer *tok, int32_t prev, int32_t id, nesa_text_fn emit, void *ctx,
@@ -69,8 +113,8 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 	float *logits = NULL;
 	int64_t rows = 0;
 	double t0;
-	int i, k, n_groups, head = 0, pending = 0;
-	size_t j;
+	int i, k, n_groups, head = 0, pending = 0, retries = o->retries;
+	size_t j, max_len;
 	enum nesa_status s;
 
 	memset(st, 0, sizeof *st);
@@ -107,6 +151,7 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 	n_groups = c->ops->submit == NULL ? 1 : o->groups > 0 ? o->groups : 2;
 	if (n_groups > ns)
 		n_groups = ns;
+	max_len = n_ids + (size_t)o->n_tokens;
 	g = nesa_calloc((size_t)ns, sizeof *g);
 	grp = nesa_calloc((size_t)n_groups, sizeof *grp);
 	fifo = nesa_calloc((size_t)n_groups, sizeof *fifo);
@@ -117,7 +162,7 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 		grp[k].first = k * ns / n_groups;
 		grp[k].count = (k + 1) * ns / n_groups - grp[k].first;
 		grp[k].segs = nesa_calloc((size_t)grp[k].count, sizeof *grp[k].segs);
-		grp[k].in = nesa_malloc((size_t)grp[k].count * n_ids * sizeof *grp[k].in);
+		grp[k].in = nesa_malloc((size_t)grp[k].count * max_len * sizeof *grp[k].in);
 		grp[k].who = nesa_calloc((size_t)grp[k].count, sizeof *grp[k].who);
 		if (grp[k].segs == NULL || grp[k].in == NULL || grp[k].who == NULL)
 			goto oom;
@@ -127,6 +172,10 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 		                      o->seed + (uint64_t)i, err);
 		if (s != NESA_OK)
 			goto out;
+		g[i].hist = nesa_malloc(max_len * sizeof *g[i].hist);
+		if (g[i].hist == NULL)
+			goto oom;
+		memcpy(g[i].hist, ids, n_ids * sizeof *ids);
 	}
 	/* The prompt's own text first, as every session starts with it. */
 	for (j = 1; j < n_ids; j++)
@@ -146,18 +195,22 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 			g[i].last = ids[n_ids - 1];
 			g[i].pos = (uint32_t)n_ids;
 		}
-		if ((s = send_group(c, gr, &out, &rows, err)) != NESA_OK)
-			goto out;
 		fifo[(head + pending++) % n_groups] = k;
+		if ((s = send_group(c, gr, &out, &rows, err)) != NESA_OK &&
+		    (s = recover(c, grp, fifo, head, pending, n_groups, g, o->session_base, &retries, err)) != NESA_OK)
+			goto out;
 	}
 	while (pending > 0) {
 		struct group *gr = &grp[fifo[head]];
 		int n_next = 0;
 
+		if (c->ops->collect != NULL && (s = c->ops->collect(c->impl, &out, &rows, err)) != NESA_OK) {
+			if ((s = recover(c, grp, fifo, head, pending, n_groups, g, o->session_base, &retries, err)) != NESA_OK)
+				goto out;
+			continue;
+		}
 		head = (head + 1) % n_groups;
 		pending--;
-		if (c->ops->collect != NULL && (s = c->ops->collect(c->impl, &out, &rows, err)) != NESA_OK)
-			goto out;
 		if (st->prefill_s == 0 && st->generated == 0)
 			st->prefill_s = nesa_now() - t0;
 		/* Sample each session of the group from its row of logits. */
@@ -183,13 +236,14 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 			gr->segs[n_next] = (struct nesa_seg){o->session_base + (uint64_t)i, g[i].pos, 1, true};
 			gr->who[n_next] = i;
 			gr->in[n_next++] = next;
-			g[i].pos++;
+			g[i].hist[g[i].pos++] = next;
 		}
 		gr->n = n_next;
 		if (n_next > 0) {
-			if ((s = send_group(c, gr, &out, &rows, err)) != NESA_OK)
-				goto out;
 			fifo[(head + pending++) % n_groups] = (int)(gr - grp);
+			if ((s = send_group(c, gr, &out, &rows, err)) != NESA_OK &&
+			    (s = recover(c, grp, fifo, head, pending, n_groups, g, o->session_base, &retries, err)) != NESA_OK)
+				goto out;
 		}
 	}
 	st->decode_s = nesa_now() - t0 - st->prefill_s;
@@ -199,6 +253,7 @@ oom:
 out:
 	for (i = 0; g != NULL && i < ns; i++) {
 		nesa_sampler_release(&g[i].sampler);
+		nesa_free(g[i].hist);
 		if (s == NESA_OK)
 			nesa_chain_end(c, o->session_base + (uint64_t)i);
 	}
@@ -212,6 +267,28 @@ out:
 	nesa_free(g);
 	nesa_free(logits);
 	nesa_free(ids);
+	return s;
+}
+
+/*
+ * A batch that holds whole sequences (perplexity windows, images): after a
+ * stage failure the chain restarts and the same batch runs again.
+ */
+static enum nesa_status
+run_retry(struct nesa_chain *c, const struct nesa_seg *segs, int n_segs, const void *in,
+          const float **out, int64_t *rows, int *retries, struct nesa_err *err)
+{
+	enum nesa_status s = nesa_chain_run(c, segs, n_segs, in, out, rows, err);
+
+	while (s != NESA_OK && (s == NESA_EREMOTE || s == NESA_ETIMEOUT) && *retries > 0 &&
+	       c->ops->restart != NULL) {
+		(*retries)--;
+		nesa_log(NESA_LOG_WARN, "%s; restarting the stages and running the batch again (%d retries left)",
+		         nesa_err_msg(err), *retries);
+		s = c->ops->restart(c->impl, err);
+		if (s == NESA_OK)
+			s = nesa_chain_run(c, segs, n_segs, in, out, rows, err);
+	}
 	return s;
 }
 
@@ -287,6 +364,7 @@ nesa_perplexity(struct nesa_chain *c, const struct nesa_tokenizer *tok, const ch
 	int32_t *toks = NULL;
 	size_t n_toks = 0, start;
 	double nll = 0;
+	int retries = o->retries;
 	enum nesa_status s;
 
 	memset(res, 0, sizeof *res);
@@ -323,7 +401,7 @@ nesa_perplexity(struct nesa_chain *c, const struct nesa_tokenizer *tok, const ch
 			start += wl;
 			n++;
 		}
-		s = nesa_chain_run(c, segs, n, toks + first, &out, &rows, err);
+		s = run_retry(c, segs, n, toks + first, &out, &rows, &retries, err);
 		if (s != NESA_OK)
 			break;
 		for (w = 0; w < n; w++) {
@@ -370,7 +448,7 @@ done:
 }
 
 enum nesa_status
-nesa_classify(struct nesa_chain *c, const struct nesa_dataset *ds, int batch,
+nesa_classify(struct nesa_chain *c, const struct nesa_dataset *ds, int batch, int retries,
               struct nesa_cls_result *res, struct nesa_err *err)
 {
 	const int64_t per = ds->C * ds->H * ds->W;
@@ -391,7 +469,7 @@ nesa_classify(struct nesa_chain *c, const struct nesa_dataset *ds, int batch,
 		struct nesa_seg seg = {0, 0, (uint32_t)n, false};
 		const float *out;
 
-		s = nesa_chain_run(c, &seg, 1, ds->images + i * per, &out, &rows, err);
+		s = run_retry(c, &seg, 1, ds->images + i * per, &out, &rows, &retries, err);
 		if (s != NESA_OK)
 			break;
 		for (r = 0; r < n; r++) {

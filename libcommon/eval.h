@@ -26,6 +26,7 @@ struct nesa_gen_opts {
 	int groups;           /* sessions split into this many groups kept in flight
 	                         together through a pipeline (0: one per stage) */
 	uint64_t session_base;/* session ids are session_base + i */
+	int retries;          /* restarts of a failed pipeline, sessions replayed (0: fail) */
 };
 
 struct nesa_gen_stats {
@@ -56,6 +57,7 @@ struct nesa_ppl_opts {
 	int64_t max_bytes; /* score only the first max_bytes of text (0 = all) */
 	int window;        /* tokens per window (0 = the model's context, at most 512) */
 	int batch;         /* windows evaluated together (0 = 8) */
+	int retries;       /* restarts of a failed pipeline (0: fail) */
 };
 
 struct nesa_ppl_result {
@@ -82,8 +84,11 @@ struct nesa_cls_result {
 	int64_t n, correct;
 };
 
-/* Top-1 accuracy of the chain on a dataset, batch images per run (0 = 64). */
+/*
+ * Top-1 accuracy of the chain on a dataset, batch images per run (0 = 64);
+ * a failed pipeline is restarted up to retries times.
+ */
 enum nesa_status nesa_classify(struct nesa_chain *c, const struct nesa_dataset *ds, int batch,
-                               struct nesa_cls_result *res, struct nesa_err *err);
+                               int retries, struct nesa_cls_result *res, struct nesa_err *err);
 
 #endif

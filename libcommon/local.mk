@@ -28,7 +28,7 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/parallel.c libcommon/parallel.h \
 	libcommon/pipeline.c libcommon/pipeline.h \
 	libcommon/plan.c libcommon/plan.h \
-	libcommon/planner.c libcommon/planner.h \
+	libcommon/planner.c libcommon/planner-search.c libcommon/planner.h \
 	libcommon/profile.c libcommon/profile.h \
 	libcommon/quant.c libcommon/quant.h \
 	libcommon/quant-fast.c \

@@ -440,10 +440,13 @@ check_chain(struct pipe *p, struct nesa_err *err)
 	return NESA_OK;
 }
 
+/*
+ * Stops every stage and reader and empties the queues, keeping the specs:
+ * the end of a chain, or the first half of a restart.
+ */
 static void
-pipe_free(void *impl)
+pipe_stop(struct pipe *p)
 {
-	struct pipe *p = impl;
 	struct nesa_frame f;
 	double t0;
 	int k, status;
@@ -475,6 +478,7 @@ pipe_free(void *impl)
 			pthread_join(p->st[k].reader, NULL);
 	for (k = 0; k < p->n; k++) {
 		struct stage *st = &p->st[k];
+		char *spec = st->spec;
 
 		nesa_stream_free(st->to);
 		nesa_stream_free(st->from);
@@ -492,13 +496,28 @@ pipe_free(void *impl)
 			}
 			usleep(10000);
 		}
-		nesa_free(st->spec);
+		memset(st, 0, sizeof *st);
+		st->spec = spec;
+		st->to_fd = st->from_fd = -1;
 	}
 	while (p->q_len > 0) {
 		nesa_aligned_free(p->q[p->q_head].data);
 		p->q_head = (p->q_head + 1) % p->q_cap;
 		p->q_len--;
 	}
+	p->q_head = 0;
+	p->complete = 0;
+}
+
+static void
+pipe_free(void *impl)
+{
+	struct pipe *p = impl;
+	int k;
+
+	pipe_stop(p);
+	for (k = 0; k < p->n; k++)
+		nesa_free(p->st[k].spec);
 	nesa_free(p->q);
 	nesa_free(p->st);
 	nesa_aligned_free(p->out);
@@ -659,8 +678,73 @@ pipe_report(void *impl)
 	         wall > 0 ? 100.0 * framing / wall : 0.0, wall);
 }
 
-static const struct nesa_chain_ops pipe_ops = {pipe_run,   pipe_end,     pipe_free,
-                                               pipe_submit, pipe_collect, pipe_report};
+/* Starts every stage, checks the chain and starts the readers. */
+static enum nesa_status
+pipe_start(struct pipe *p, struct nesa_err *err)
+{
+	enum nesa_status s = NESA_OK;
+	int k;
+
+	p->failed = NESA_OK;
+	p->closing = false;
+	/* Start every stage first, so remote ones load in parallel. */
+	for (k = 0; k < p->n && s == NESA_OK; k++) {
+		s = start(p, &p->st[k], k, err);
+		if (s == NESA_OK)
+			s = nesa_stream_open_fd(p->st[k].to_fd, NESA_STREAM_WRITE, p->st[k].label, &p->st[k].to, err);
+		if (s == NESA_OK)
+			s = nesa_stream_open_fd(p->st[k].from_fd, NESA_STREAM_READ, p->st[k].label, &p->st[k].from, err);
+		if (s == NESA_OK)
+			nesa_stream_set_timeout(p->st[k].from, p->timeout_ms);
+	}
+	for (k = 0; k < p->n && s == NESA_OK; k++)
+		s = hello(p, &p->st[k], err);
+	if (s == NESA_OK)
+		s = check_chain(p, err);
+	for (k = 0; k < p->n && s == NESA_OK; k++) {
+		struct reader_arg *a = nesa_malloc(sizeof *a);
+
+		if (a == NULL) {
+			s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
+			break;
+		}
+		a->p = p;
+		a->k = k;
+		if (pthread_create(&p->st[k].reader, NULL, reader_main, a) != 0) {
+			nesa_free(a);
+			s = nesa_err_set(err, NESA_EIO, "cannot start a thread");
+			break;
+		}
+		p->st[k].reader_started = true;
+	}
+	if (s != NESA_OK) {
+		p->failed = s;
+		pipe_stop(p);
+		if (s != NESA_ENOMEM && s != NESA_ETIMEOUT && s != NESA_EINVAL)
+			s = NESA_EREMOTE;
+		if (err != NULL)
+			err->status = s;
+	}
+	return s;
+}
+
+/*
+ * Stops what is left of the chain and starts every stage again.  Every
+ * session's state is gone: the caller replays what it had sent.
+ */
+static enum nesa_status
+pipe_restart(void *impl, struct nesa_err *err)
+{
+	struct pipe *p = impl;
+
+	if (p->failed == NESA_OK)
+		p->failed = NESA_EREMOTE; /* stop, do not drain */
+	pipe_stop(p);
+	return pipe_start(p, err);
+}
+
+static const struct nesa_chain_ops pipe_ops = {pipe_run,     pipe_end,    pipe_free,  pipe_submit,
+                                               pipe_collect, pipe_report, pipe_restart};
 
 enum nesa_status
 nesa_chain_pipeline(const char *const *specs, int n, const struct nesa_pipe_opts *o,
@@ -694,44 +778,11 @@ nesa_chain_pipeline(const char *const *specs, int n, const struct nesa_pipe_opts
 		if (p->st[k].spec == NULL)
 			s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
 	}
-	/* Start every stage first, so remote ones load in parallel. */
-	for (k = 0; k < n && s == NESA_OK; k++) {
-		s = start(p, &p->st[k], k, err);
-		if (s == NESA_OK)
-			s = nesa_stream_open_fd(p->st[k].to_fd, NESA_STREAM_WRITE, p->st[k].label, &p->st[k].to, err);
-		if (s == NESA_OK)
-			s = nesa_stream_open_fd(p->st[k].from_fd, NESA_STREAM_READ, p->st[k].label, &p->st[k].from, err);
-		if (s == NESA_OK)
-			nesa_stream_set_timeout(p->st[k].from, p->timeout_ms);
-	}
-	for (k = 0; k < n && s == NESA_OK; k++)
-		s = hello(p, &p->st[k], err);
 	if (s == NESA_OK)
-		s = check_chain(p, err);
-	for (k = 0; k < n && s == NESA_OK; k++) {
-		struct reader_arg *a = nesa_malloc(sizeof *a);
-
-		if (a == NULL) {
-			s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
-			break;
-		}
-		a->p = p;
-		a->k = k;
-		if (pthread_create(&p->st[k].reader, NULL, reader_main, a) != 0) {
-			nesa_free(a);
-			s = nesa_err_set(err, NESA_EIO, "cannot start a thread");
-			break;
-		}
-		p->st[k].reader_started = true;
-	}
+		s = pipe_start(p, err);
 	if (s != NESA_OK) {
-		p->failed = s;
 		pipe_free(p);
 		nesa_free(c);
-		if (s != NESA_ENOMEM && s != NESA_ETIMEOUT && s != NESA_EINVAL)
-			s = NESA_EREMOTE;
-		if (err != NULL)
-			err->status = s;
 		return s;
 	}
 	p->t_start = nesa_now();

@@ -183,19 +183,31 @@ nesa_stage_open(const char *path, const struct nesa_model_opts *mopts,
 	return NESA_OK;
 }
 
-/* Sends an error frame downstream naming this stage; logs it; returns st. */
+/*
+ * Sends an error frame downstream naming this stage and logs it (unless
+ * quiet: the caller reports it itself); returns status, or NESA_EIO when
+ * the output is gone.
+ */
 static enum nesa_status
-report(struct nesa_stage *st, struct nesa_stream *out, uint64_t session, enum nesa_status status,
-       const char *msg)
+report_as(struct nesa_stage *st, struct nesa_stream *out, uint64_t session,
+          enum nesa_status status, const char *msg, bool quiet)
 {
 	char full[NESA_ERR_MSG_MAX + 64];
 
 	snprintf(full, sizeof full, "blocks [%d, %d) of '%s': %s", st->model->first,
 	         st->model->first + st->model->count, st->model->name, msg);
-	nesa_log(NESA_LOG_ERROR, "stage '%s': %s", st->name, full);
+	if (!quiet)
+		nesa_log(NESA_LOG_ERROR, "stage '%s': %s", st->name, full);
 	if (nesa_stream_write_error(out, session, status, st->name, full) != NESA_OK)
 		return NESA_EIO;
 	return status;
+}
+
+static enum nesa_status
+report(struct nesa_stage *st, struct nesa_stream *out, uint64_t session, enum nesa_status status,
+       const char *msg)
+{
+	return report_as(st, out, session, status, msg, false);
 }
 
 static bool
@@ -433,7 +445,7 @@ serve(struct nesa_stage *st, struct nesa_stream *in, struct nesa_stream *out,
 		if (s != NESA_OK) {
 			nesa_err_copy(&e2, nesa_stream_err(in));
 			/* Tell downstream why the stream stopped, if it can still hear. */
-			report(st, out, 0, s, e2.msg);
+			report_as(st, out, 0, s, e2.msg, true);
 			fatal = true;
 			break;
 		}

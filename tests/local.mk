@@ -96,7 +96,13 @@ CLI_TESTS = \
 	tests/cli/pipeline-local.sh \
 	tests/cli/pipeline-tcp.sh \
 	tests/cli/pipeline-ssh.sh \
-	tests/cli/pipeline-failures.sh
+	tests/cli/pipeline-failures.sh \
+	tests/cli/pipeline-recovery.sh \
+	tests/cli/profile-node.sh \
+	tests/cli/profile-model.sh \
+	tests/cli/profile-link.sh \
+	tests/cli/partition-plan.sh \
+	tests/cli/partition-plan-many.sh
 TESTS += $(CLI_TESTS)
 EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
 	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README \

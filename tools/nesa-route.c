@@ -40,6 +40,7 @@ static const struct nesa_tool tool = {
 		"                            repeat it for each stage, in order (with stages, -m\n"
 		"                            only supplies the tokenizer)\n"
 		"      --timeout=SECONDS     a stage silent this long with work pending failed (120)\n"
+		"      --retries=N           restart failed stages N times, replaying sessions (0)\n"
 		"      --codec=TYPE          activations between local stages as TYPE (default f32)\n"
 		"      --groups=N            session groups kept in flight through the stages\n"
 		"  -p, --prompt=TEXT         text to continue (default: empty)\n"
@@ -76,6 +77,7 @@ enum {
 	OPT_PERPLEXITY,
 	OPT_PLAN,
 	OPT_PROMPT_TOKENS,
+	OPT_RETRIES,
 	OPT_STAGE,
 	OPT_TIMEOUT,
 	OPT_TOKENIZER,
@@ -138,6 +140,7 @@ main(int argc, char **argv)
 		{"perplexity", required_argument, NULL, OPT_PERPLEXITY},
 		{"plan", required_argument, NULL, OPT_PLAN},
 		{"prompt-tokens", required_argument, NULL, OPT_PROMPT_TOKENS},
+		{"retries", required_argument, NULL, OPT_RETRIES},
 		{"stage", required_argument, NULL, OPT_STAGE},
 		{"timeout", required_argument, NULL, OPT_TIMEOUT},
 		{"tokenizer", required_argument, NULL, OPT_TOKENIZER},
@@ -212,6 +215,11 @@ main(int argc, char **argv)
 			gen.groups = (int)v;
 			break;
 		case OPT_PLAN: plan_path = optarg; break;
+		case OPT_RETRIES:
+			if (!nesa_cli_parse_i64(&tool, "--retries", optarg, 0, 1000, &v))
+				return nesa_exit_code(NESA_EUSAGE);
+			gen.retries = ppl.retries = (int)v;
+			break;
 		case OPT_PROMPT_TOKENS:
 			if (!nesa_cli_parse_i64(&tool, "--prompt-tokens", optarg, 1, 1 << 24, &v))
 				return nesa_exit_code(NESA_EUSAGE);
@@ -323,8 +331,10 @@ main(int argc, char **argv)
 		if (gen.groups == 0)
 			gen.groups = n_stages;
 		s = nesa_chain_pipeline(stages, n_stages, &popts, &chain, &err);
-		if (s == NESA_OK && model_path != NULL)
-			s = nesa_model_load(model_path, &mopts, &models[n_models++], &err);
+		/* With stages, -m (or the first local archive) only gives the tokenizer. */
+		n_models = 0;
+		if (s == NESA_OK && model_path != NULL && (s = nesa_model_load(model_path, &mopts, &models[0], &err)) == NESA_OK)
+			n_models = 1;
 		model = n_models > 0 ? models[0] : NULL;
 		if (s != NESA_OK)
 			goto done;
@@ -407,7 +417,7 @@ main(int argc, char **argv)
 		if (s == NESA_OK && chain->in_ndim != 3)
 			s = nesa_err_set(&err, NESA_EINVAL, "'%s' does not take images", model_path);
 		if (s == NESA_OK)
-			s = nesa_classify(chain, &ds, 0, &r, &err);
+			s = nesa_classify(chain, &ds, 0, gen.retries, &r, &err);
 		nesa_dataset_release(&ds);
 		if (s == NESA_OK) {
 			if (json)

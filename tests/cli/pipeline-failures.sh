@@ -9,9 +9,11 @@ expect_exit 0 nesa-partition -o "$T/p" --stages 3 "$S/stories260K.bin"
 rs=$NESA_BINDIR/nesa-run-shard
 s0=$T/p/stage-00.nsa s1=$T/p/stage-01.nsa s2=$T/p/stage-02.nsa
 
-# Exits mid-generation: this stage passes 20 kB of input, then dies.
-expect_exit 69 nesa-route --timeout 20 --stage "$s0" --stage "head -c 20000 | $rs $s1" --stage "$s2" -l 200
-grep -q "stage 1 (head -c 20000" "$T/err" || fail_ "a dying stage is not named: $(cat "$T/err")"
+# Exits mid-generation: this stage gets 20 kB of input (dd passes each byte
+# on at once), then its input ends in the middle of a frame.
+expect_exit 69 nesa-route --timeout 20 --stage "$s0" --stage "dd bs=1 count=20000 status=none | $rs $s1" \
+	--stage "$s2" -l 200
+grep -q "stage 1 (dd bs=1.*truncated frame" "$T/err" || fail_ "a dying stage is not named: $(cat "$T/err")"
 
 # The wrong shard in the middle.
 expect_exit 69 nesa-route --stage "$s0" --stage "$s2" --stage "$s1" -l 5
