@@ -6,6 +6,17 @@ bench_nesa_stream_bench_SOURCES = bench/stream-bench.c
 bench_nesa_stream_bench_LDADD = $(NESA_LIBS)
 bench_scripts += bench/stream-throughput.sh bench/llama-compare.sh bench/pipeline.sh
 bench_scripts += bench/planner-baselines.sh bench/planner-scale.sh bench/planner-reality.sh
+noinst_PROGRAMS += bench/nesa-quant-bench
+bench_nesa_quant_bench_SOURCES = bench/quant-bench.c
+bench_nesa_quant_bench_LDADD = $(NESA_LIBS)
+bench_scripts += bench/quantize-speed.sh
+EXTRA_DIST += bench/accuracy.sh
+bench-accuracy: all
+	@NESA_DATA="$${NESA_DATA:-$${NESA_DATA_DIR:-$(NESA_DATA_DIR)}}"; \
+	test -n "$$NESA_DATA" || NESA_DATA='$(abs_top_srcdir)/../shared/data'; \
+	NESA_DATA="$$NESA_DATA" NESA_BINDIR='$(abs_top_builddir)/tools' \
+	NESA_MODELS='$(abs_top_srcdir)/share/models' $(SHELL) $(srcdir)/bench/accuracy.sh
+.PHONY: bench-accuracy
 EXTRA_DIST += bench/common.sh
 EXTRA_DIST += $(bench_scripts)
 bench: all

@@ -223,8 +223,8 @@ u8_from_f32(const float *src, void *dst, int64_t n)
 
 static const struct nesa_dtype_traits plain_traits[] = {
 	[NESA_F32] = {"f32", 1, 4, NESA_DTYPE_FLOAT, f32_to_f32, f32_from_f32, NULL, NULL},
-	[NESA_F16] = {"f16", 1, 2, NESA_DTYPE_FLOAT, f16_to_f32, f16_from_f32, NULL, NULL},
-	[NESA_BF16] = {"bf16", 1, 2, NESA_DTYPE_FLOAT, bf16_to_f32, bf16_from_f32, NULL, NULL},
+	[NESA_F16] = {"f16", 1, 2, NESA_DTYPE_FLOAT, f16_to_f32, f16_from_f32, NULL, nesa_matmul_f16},
+	[NESA_BF16] = {"bf16", 1, 2, NESA_DTYPE_FLOAT, bf16_to_f32, bf16_from_f32, NULL, nesa_matmul_bf16},
 	[NESA_I32] = {"i32", 1, 4, NESA_DTYPE_INT, i32_to_f32, i32_from_f32, NULL, NULL},
 	[NESA_I8] = {"i8", 1, 1, NESA_DTYPE_INT, i8_to_f32, i8_from_f32, NULL, NULL},
 	[NESA_U8] = {"u8", 1, 1, NESA_DTYPE_INT, u8_to_f32, u8_from_f32, NULL, NULL},

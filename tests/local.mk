@@ -102,7 +102,10 @@ CLI_TESTS = \
 	tests/cli/profile-model.sh \
 	tests/cli/profile-link.sh \
 	tests/cli/partition-plan.sh \
-	tests/cli/partition-plan-many.sh
+	tests/cli/partition-plan-many.sh \
+	tests/cli/quantize-errors.sh \
+	tests/cli/quantize-stories.sh \
+	tests/cli/quantize-stream.sh
 TESTS += $(CLI_TESTS)
 EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
 	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README \
