@@ -55,6 +55,7 @@ struct nesa_exec {
 	size_t scratch_len;
 	size_t scratch_need_fixed; /* scratch independent of context length */
 	int64_t int8_in;           /* widest input of a linear_int8 op, 0 if none */
+	int max_heads;             /* most heads of an attention op */
 	struct nesa_exec_stats stats;
 };
 
@@ -150,6 +151,33 @@ nesa_exec_free(struct nesa_exec *e)
 }
 
 /*
+ * Touches every page of the weights the graph uses.  Mapped weights would
+ * otherwise be read in, page fault by page fault, during the first batch:
+ * a stage should pay for that when it starts, not on its first request.
+ */
+static void
+prefault(const struct nesa_graph *g)
+{
+	volatile unsigned char sink = 0;
+	int i, j, k;
+
+	for (i = 0; i < g->count; i++)
+		for (j = 0; j < g->blocks[i].n_ops; j++)
+			for (k = 0; k < 5; k++) {
+				const struct nesa_tensor *t = g->blocks[i].ops[j].w[k];
+				const unsigned char *p;
+				size_t off;
+
+				if (t == NULL || t->data == NULL)
+					continue;
+				p = t->data;
+				for (off = 0; off < t->nbytes; off += 4096)
+					sink ^= p[off];
+			}
+	(void)sink;
+}
+
+/*
  * Gives each value computed in block b a bank slot, reusing the slot of a
  * value no later op reads: the activations of a block take the memory of
  * the values alive at once, not of all of them.  Block outputs stay alive to
@@ -234,6 +262,8 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 			size_t need = 0;
 
 			if (op->kind == NESA_OP_ATTENTION) {
+				if (op->n_heads > e->max_heads)
+					e->max_heads = op->n_heads;
 				e->kv_dim[op->cache] = (int64_t)op->n_kv_heads * op->head_dim;
 				e->kv_bytes_per_pos += 2u * (uint64_t)e->kv_dim[op->cache] * sizeof(float);
 			}
@@ -250,6 +280,7 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 				e->scratch_need_fixed = need;
 		}
 	}
+	prefault(g);
 	for (i = 0; i < 2; i++) {
 		e->bank[i] = nesa_calloc((size_t)(e->bank_n[i] > 0 ? e->bank_n[i] : 1), sizeof(float *));
 		e->bank_elems[i] = nesa_calloc((size_t)(e->bank_n[i] > 0 ? e->bank_n[i] : 1), sizeof(int64_t));
@@ -633,6 +664,51 @@ run_op(struct nesa_exec *e, const struct nesa_block *b, struct exec_block *xb,
 	return NESA_OK;
 }
 
+static bool
+fusable(const struct nesa_op *op)
+{
+	return op->kind == NESA_OP_LINEAR && !op->head && op->w[0]->dtype == NESA_F32;
+}
+
+/*
+ * Runs op j of block i and the linear ops right after it that read the same
+ * input, for one row, as one parallel job (nesa_gemv_multi_f32).  Returns
+ * how many ops ran, 1 or less meaning the caller runs op j alone.
+ */
+static int
+fuse_linears(struct nesa_exec *e, int i, int j, int64_t rows, struct nesa_err *err,
+             enum nesa_status *st)
+{
+	const struct nesa_block *b = &e->g->blocks[i];
+	struct exec_block *xb = &e->blocks[i];
+	const float *w[4];
+	float *y[4];
+	int64_t out[4];
+	int m, k;
+
+	*st = NESA_OK;
+	for (m = 1; m < 4 && j + m < b->n_ops && fusable(&b->ops[j + m]) &&
+	            b->ops[j + m].in[0] == b->ops[j].in[0];
+	     m++)
+		;
+	if (m < 2)
+		return 1;
+	for (k = 0; k < m; k++) {
+		const struct nesa_op *op = &b->ops[j + k];
+
+		if ((*st = ensure_slot(e, i, op->out, rows, err)) != NESA_OK)
+			return 0;
+		w[k] = op->w[0]->data;
+		y[k] = xb->buf[op->out];
+		out[k] = op->w[0]->shape[0];
+	}
+	nesa_gemv_multi_f32(m, w, out, b->ops[j].w[0]->shape[1], xb->buf[b->ops[j].in[0]], y);
+	for (k = 0; k < m; k++)
+		if (b->ops[j + k].w[1] != NULL)
+			nesa_add(y[k], b->ops[j + k].w[1]->data, y[k], out[k]);
+	return m;
+}
+
 /*
  * Keeps only the last row of each last_only segment, before op j of block b
  * runs: in every value op j or a later op of the block reads (and the
@@ -702,9 +778,10 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 	s = prepare(e, segs, n_segs, &total, err);
 	if (s == NESA_OK)
 		s = ensure_rows(e, total, err);
-	/* Attention needs (rows, context) scores for the largest segment. */
+	/* Attention needs (max(rows, heads), context) scores for the largest segment. */
 	for (i = 0; i < n_segs; i++) {
-		int64_t need = ((int64_t)segs[i].pos + segs[i].rows) * segs[i].rows;
+		int64_t need = ((int64_t)segs[i].pos + segs[i].rows) *
+		               ((int64_t)segs[i].rows > e->max_heads ? (int64_t)segs[i].rows : (int64_t)e->max_heads);
 
 		if (need > max_ctx)
 			max_ctx = need;
@@ -751,6 +828,16 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 				s = nesa_err_set(err, NESA_EUNSUPPORTED,
 				                 "block %d: attention after a head op is not supported", b->index);
 				goto done;
+			}
+			if (rows == 1 && fusable(op)) {
+				int m = fuse_linears(e, i, j, rows, err, &s);
+
+				if (s != NESA_OK)
+					goto done;
+				if (m > 1) {
+					j += m - 1;
+					continue;
+				}
 			}
 			s = ensure_slot(e, i, op->out, rows, err);
 			if (s == NESA_OK)

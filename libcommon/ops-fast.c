@@ -282,3 +282,47 @@ nesa_dot_i8(const int8_t *a, const int8_t *b, int64_t n)
 	}
 	return fn(a, b, n);
 }
+
+struct gemv_multi_job {
+	int n;
+	const float *const *w;
+	const int64_t *out;
+	int64_t in;
+	const float *x;
+	float *const *y;
+};
+
+static void
+gemv_multi_part(void *ctx, int64_t begin, int64_t end)
+{
+	const struct gemv_multi_job *j = ctx;
+	int64_t base = 0, o;
+	int m;
+
+	/* Global rows [begin, end) run over the matrices one after another. */
+	for (m = 0; m < j->n && begin < end; m++) {
+		int64_t lo = begin > base ? begin - base : 0, hi = end - base;
+
+		if (hi > j->out[m])
+			hi = j->out[m];
+		for (o = lo; o < hi; o++)
+			j->y[m][o] = nesa_dot_f32(j->w[m] + o * j->in, j->x, j->in);
+		base += j->out[m];
+	}
+}
+
+void
+nesa_gemv_multi_f32(int n, const float *const *w, const int64_t *out, int64_t in, const float *x,
+                    float *const *y)
+{
+	struct gemv_multi_job j = {n, w, out, in, x, y};
+	int64_t total = 0;
+	int m;
+
+	for (m = 0; m < n; m++)
+		total += out[m];
+	if (total * in < PARALLEL_MIN)
+		gemv_multi_part(&j, 0, total);
+	else
+		nesa_parallel_for(total, 16, gemv_multi_part, &j);
+}

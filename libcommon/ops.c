@@ -271,6 +271,45 @@ nesa_attention_ref(const float *q, int64_t rows, uint32_t pos0, const float *kc,
 	}
 }
 
+struct head_job {
+	const float *q, *kc, *vc;
+	float *out, *att;
+	int64_t rows;
+	uint32_t pos0;
+	int n_heads, group, head_dim;
+	int64_t qdim, kvdim, n_ctx;
+	float scale;
+};
+
+/* Heads [h0, h1) of a few rows; head h keeps its scores at att + h * n_ctx. */
+static void
+heads_part(void *ctx, int64_t h0, int64_t h1)
+{
+	const struct head_job *j = ctx;
+	int64_t r, t, h;
+
+	for (h = h0; h < h1; h++) {
+		float *att = j->att + h * j->n_ctx;
+		const int64_t koff = (h / j->group) * j->head_dim;
+
+		for (r = 0; r < j->rows; r++) {
+			const int64_t n = (int64_t)j->pos0 + r + 1;
+			const float *qh = j->q + r * j->qdim + h * j->head_dim;
+			float *oh = j->out + r * j->qdim + h * j->head_dim, mx = -INFINITY, sum = 0;
+
+			for (t = 0; t < n; t++) {
+				att[t] = nesa_dot_f32(qh, j->kc + t * j->kvdim + koff, j->head_dim) * j->scale;
+				mx = att[t] > mx ? att[t] : mx;
+			}
+			for (t = 0; t < n; t++)
+				sum += (att[t] = expf(att[t] - mx));
+			memset(oh, 0, (size_t)j->head_dim * sizeof *oh);
+			for (t = 0; t < n; t++)
+				nesa_axpy_f32(att[t] / sum, j->vc + t * j->kvdim + koff, oh, j->head_dim);
+		}
+	}
+}
+
 void
 nesa_attention(const float *q, int64_t rows, uint32_t pos0, const float *kc, const float *vc,
                int n_heads, int n_kv, int head_dim, float scale, float *out, float *att)
@@ -281,27 +320,18 @@ nesa_attention(const float *q, int64_t rows, uint32_t pos0, const float *kc, con
 	int64_t r, t;
 	int h;
 
-	/* A few rows gain nothing from GEMM calls: vector dot products per position. */
+	/*
+	 * A few rows gain nothing from GEMM calls: vector dot products per
+	 * position, heads spread over the threads, each with its own scores.
+	 */
 	if (rows < 4) {
-		for (r = 0; r < rows; r++) {
-			const int64_t n = (int64_t)pos0 + r + 1;
+		struct head_job j = {q, kc, vc, out, att, rows, pos0, n_heads, group, head_dim, qdim,
+		                     kvdim, n_ctx, scale};
 
-			for (h = 0; h < n_heads; h++) {
-				const float *qh = q + r * qdim + (int64_t)h * head_dim;
-				const int64_t koff = (int64_t)(h / group) * head_dim;
-				float *oh = out + r * qdim + (int64_t)h * head_dim, mx = -INFINITY, sum = 0;
-
-				for (t = 0; t < n; t++) {
-					att[t] = nesa_dot_f32(qh, kc + t * kvdim + koff, head_dim) * scale;
-					mx = att[t] > mx ? att[t] : mx;
-				}
-				for (t = 0; t < n; t++)
-					sum += (att[t] = expf(att[t] - mx));
-				memset(oh, 0, (size_t)head_dim * sizeof *oh);
-				for (t = 0; t < n; t++)
-					nesa_axpy_f32(att[t] / sum, vc + t * kvdim + koff, oh, head_dim);
-			}
-		}
+		if (rows * n_ctx * n_heads * head_dim < 32768)
+			heads_part(&j, 0, n_heads);
+		else
+			nesa_parallel_for(n_heads, 1, heads_part, &j);
 		return;
 	}
 	for (h = 0; h < n_heads; h++) {

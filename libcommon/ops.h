@@ -36,6 +36,14 @@ float nesa_dot_f32(const float *a, const float *b, int64_t n);
 void nesa_axpy_f32(float a, const float *x, float *y, int64_t n);
 void nesa_gemv_f32(const float *w, int64_t out, int64_t in, const float *x, float *y);
 
+/*
+ * n matrix-vector products of the same x, y[m] (out[m]) = W[m] (out[m], in)
+ * x, as one parallel job: the q, k, v projections of a decode step share one
+ * round of thread wake-ups instead of three.
+ */
+void nesa_gemv_multi_f32(int n, const float *const *w, const int64_t *out, int64_t in,
+                         const float *x, float *const *y);
+
 /* Integer dot product of two int8 vectors (values in [-127, 127]) in int32. */
 int32_t nesa_dot_i8(const int8_t *a, const int8_t *b, int64_t n);
 int32_t nesa_dot_i8_ref(const int8_t *a, const int8_t *b, int64_t n);
@@ -92,8 +100,9 @@ void nesa_mul(const float *a, const float *b, float *y, int64_t n);
  * head_dim) for positions pos0 .. pos0 + rows - 1; kc, vc the session's
  * cache (pos0 + rows, n_kv * head_dim) already holding these rows' keys and
  * values.  out (rows, n_heads * head_dim).  Each row attends to positions
- * 0 .. its own.  att is scratch of rows * (pos0 + rows) floats (the
- * reference needs pos0 + rows).  Batches of rows use two GEMMs per head.
+ * 0 .. its own.  att is scratch of max(rows, n_heads) * (pos0 + rows)
+ * floats (the reference needs pos0 + rows).  Batches of rows use two GEMMs
+ * per head; a few rows spread the heads over the threads.
  */
 void nesa_attention(const float *q, int64_t rows, uint32_t pos0, const float *kc, const float *vc,
                     int n_heads, int n_kv, int head_dim, float scale, float *out, float *att);
