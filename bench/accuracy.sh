@@ -18,6 +18,10 @@
 # perplexity and within 0.3 points of top-1; the best 4-bit format next to
 # llama.cpp's q4_0 (+8.0 % under llama.cpp's protocol, 4.105 -> 4.433).
 #
+# A second table gives the wire codecs (NESA_BENCH_WIRE, default q8_0,
+# dyn8_64 and q8o) on the activations between 3 stage processes; target:
+# perplexity within 0.1 % with q8_0 and dyn8 on every hop.
+#
 # Every weight runs in its stored format.  The vision models keep their
 # convolutions in f32 (the runtime's conv2d needs f32), so their columns
 # measure the classifier layer's quantization only.
@@ -84,10 +88,53 @@ for f in $formats; do
 	echo "accuracy: $f done" >&2
 done
 
-# Wire codecs (q8_0, dyn8 and q8o on every hop) get rows here once the
-# pipeline takes a per-hop codec: perplexity through nesa-route with the
-# stages of a partitioned stories260K, greedy 256-token text against f32.
-# Not measured yet: no row is printed for them.
+# Wire codecs: stories260K cut into 3 stage processes, activations encoded
+# with the codec on every hop (the logits sent back to the client included),
+# then on the hidden hops only (the last stage sends f32 logits).  For each:
+# perplexity, and the 256-token greedy text against the f32 pipeline's: the
+# first token that differs and the f32 logit margin there (a small margin
+# means the two candidates were nearly tied, so the codec's error tipped it).
+wire_dir=$tmp/wire
+mkdir -p "$wire_dir"
+nesa-partition -q -o "$wire_dir" --stages 3 "$S/stories260K.bin"
+wire_stages() { # CODEC HIDDEN_ONLY: --stage options running the plan's archives
+	for i in 0 1 2; do
+		c=$1
+		[ "$2" = 1 ] && [ $i = 2 ] && c=f32
+		printf -- '--stage\nnesa-run-shard --codec %s %s/stage-0%s.nsa\n' "$c" "$wire_dir" "$i"
+	done
+}
+wire_route() { # CODEC HIDDEN_ONLY ARGS...: nesa-route through the 3 stages
+	c=$1 h=$2
+	shift 2
+	set -f
+	old_ifs=$IFS
+	IFS='
+'
+	set -- $(wire_stages "$c" "$h") "$@"
+	IFS=$old_ifs
+	set +f
+	nesa-route -m "$wire_dir/stage-00.nsa" "$@"
+}
+wire=${NESA_BENCH_WIRE:-"q8_0 dyn8_64 q8o"}
+wrows=$tmp/wire.jsonl
+: >"$wrows"
+wire_route f32 0 -l 256 --format json >"$tmp/g-f32.json"
+for c in $wire; do
+	for h in 0 1; do
+		p=$(wire_route "$c" "$h" --format json --bytes 200000 --perplexity "$TXT" | jq .ppl)
+		wire_route "$c" "$h" -l 256 --format json >"$tmp/g.json"
+		jq -nc --arg c "$c" --argjson h "$h" --argjson p "$p" --slurpfile a "$tmp/g-f32.json" \
+			--slurpfile b "$tmp/g.json" '
+			($a[0].samples[0]) as $x | ($b[0].samples[0]) as $y |
+			([range(0; [$x.tokens, $y.tokens | length] | min) | select($x.tokens[.] != $y.tokens[.])]
+			 + (if ($x.tokens | length) != ($y.tokens | length)
+			    then [[$x.tokens, $y.tokens | length] | min] else [] end)) as $d |
+			{codec: $c, hops: (if $h == 1 then "hidden" else "all" end), ppl: $p,
+			 first_diff: ($d | first), margin_f32: (if $d == [] then null else $x.margins[$d[0]] end)}' >>"$wrows"
+	done
+	echo "accuracy: wire $c done" >&2
+done
 
 # llama.cpp's own quantized files of the same model, same protocol.
 ref=$tmp/ref.jsonl
@@ -100,12 +147,13 @@ for q in q8_0 q4_0; do
 		'{format: $f, ppl: $p, bytes: $b}' >>"$ref"
 done
 
-jq -s --slurpfile ref "$ref" '
+jq -s --slurpfile ref "$ref" --slurpfile wire "$wrows" '
 	(.[0]) as $base |
 	{protocol: {ppl: "stories260K, first 200000 bytes of tinystories_val_excerpt, nesa-route(1) protocol",
 	            top1: "MNIST t10k (10000), CIFAR-10 JPEG subset (5000); convolutions stay f32"},
 	 rows: [.[] | . + {ppl_rel: ((.ppl / $base.ppl - 1) * 100)}],
 	 reference: [$ref[] | . + {ppl_rel: ((.ppl / $base.ppl - 1) * 100)}],
+	 wire: [$wire[] | . + {ppl_rel: ((.ppl / $base.ppl - 1) * 100)}],
 	 llama_cpp_q4_0_own_protocol: {f32: 4.105, q4_0: 4.433, ppl_rel: 8.0}}' "$rows" >"$json"
 
 jq -r '
@@ -124,6 +172,16 @@ jq -r '
 	(.reference[] | [.format, n(.ppl; 10000), n(.ppl_rel; 100), "-", "-", "-", (.bytes | tostring), ""])
 	| @tsv' "$json" | column -t -s "$(printf '\t')"
 jq -r '
-	[.rows[] | select(.format | test("^(nf4|fp4|q4_0)"))] | min_by(.ppl) |
+	[.rows[] | select(.format | test("^(nf4|fp4|q4_0)"))] | min_by(.ppl) | select(. != null) |
 	"best 4-bit: \(.format) \(.ppl_rel * 100 | round / 100) % perplexity over f32 (llama.cpp q4_0: +8.0 % under its protocol)"' "$json"
+echo
+jq -r '
+	def n(x; d): if x == null then "-" else (x * d | round / d) as $v | if $v == 0 then "0" else ($v | tostring) end end;
+	["wire codec", "hops", "ppl", "dppl%", "greedy text", "f32 margin", "target (0.1 %)"],
+	(.wire[] | [.codec, .hops, n(.ppl; 10000), n(.ppl_rel; 100),
+	            (if .first_diff == null then "identical" else "differs at token \(.first_diff)" end),
+	            n(.margin_f32; 1000),
+	            (if .hops == "all" and (.codec | test("^(q8_0|dyn8)")) then
+	                 (if .ppl_rel <= 0.1 then "met" else "MISSED" end) else "" end)])
+	| @tsv' "$json" | column -t -s "$(printf '\t')"
 echo "accuracy: JSON in $json" >&2

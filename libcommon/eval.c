@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -86,6 +87,157 @@ emit_token(const struct nesa_tokenizer *tok, int32_t prev, int32_t id, nesa_text
 	if (s != NESA_OK || n == 0)
 		return s;
 	return emit(ctx, index, text, n);
+}
+
+enum nesa_status
+nesa_gen_record_init(struct nesa_gen_record *r, int n, struct nesa_err *err)
+{
+	int i;
+
+	memset(r, 0, sizeof *r);
+	r->n = n;
+	r->err = err;
+	r->texts = nesa_calloc((size_t)n, sizeof *r->texts);
+	r->lens = nesa_calloc((size_t)n, sizeof *r->lens);
+	r->tokens = json_array();
+	r->margins = json_array();
+	for (i = 0; r->tokens != NULL && r->margins != NULL && i < n; i++)
+		if (json_array_append_new(r->tokens, json_array()) != 0 ||
+		    json_array_append_new(r->margins, json_array()) != 0)
+			break;
+	if (r->texts == NULL || r->lens == NULL || i < n) {
+		nesa_gen_record_release(r);
+		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
+	}
+	return NESA_OK;
+}
+
+enum nesa_status
+nesa_gen_record_text(void *ctx, int index, const char *bytes, size_t n)
+{
+	struct nesa_gen_record *r = ctx;
+	char *t = nesa_realloc(r->texts[index], r->lens[index] + n + 1);
+
+	if (t == NULL)
+		return nesa_err_set(r->err, NESA_ENOMEM, "out of memory");
+	memcpy(t + r->lens[index], bytes, n);
+	r->lens[index] += n;
+	t[r->lens[index]] = '\0';
+	r->texts[index] = t;
+	return NESA_OK;
+}
+
+enum nesa_status
+nesa_gen_record_token(void *ctx, int index, int32_t id, float margin)
+{
+	struct nesa_gen_record *r = ctx;
+
+	/* JSON has no infinity: a margin over a -inf logit is null. */
+	if (json_array_append_new(json_array_get(r->tokens, (size_t)index), json_integer(id)) != 0 ||
+	    json_array_append_new(json_array_get(r->margins, (size_t)index),
+	                          isfinite(margin) ? json_real(margin) : json_null()) != 0)
+		return nesa_err_set(r->err, NESA_ENOMEM, "out of memory");
+	return NESA_OK;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629), 0 if there is none. */
+static size_t
+utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned lo = 0x80, hi = 0xbf;
+	size_t len, i;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	/* Second-byte limits exclude overlong forms, surrogates and > U+10FFFF. */
+	if (s[0] == 0xe0)
+		lo = 0xa0;
+	else if (s[0] == 0xed)
+		hi = 0x9f;
+	else if (s[0] == 0xf0)
+		lo = 0x90;
+	else if (s[0] == 0xf4)
+		hi = 0x8f;
+	if (n < len || s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+/* text as a JSON string, each byte outside a well-formed sequence as U+FFFD. */
+static json_t *
+json_text(const char *text, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)text;
+	char *buf;
+	size_t i = 0, o = 0, k;
+	json_t *j;
+
+	if (n > SIZE_MAX / 3 || (buf = nesa_malloc(3 * n + 1)) == NULL)
+		return NULL;
+	while (i < n) {
+		k = utf8_seq(u + i, n - i);
+		if (k == 0) {
+			memcpy(buf + o, "\xef\xbf\xbd", 3);
+			o += 3;
+			i++;
+		} else {
+			memcpy(buf + o, u + i, k);
+			o += k;
+			i += k;
+		}
+	}
+	j = json_stringn(buf, o);
+	nesa_free(buf);
+	return j;
+}
+
+json_t *
+nesa_gen_record_json(const struct nesa_gen_record *r, const char *model, const struct nesa_gen_stats *st)
+{
+	json_t *samples = json_array();
+	int i;
+
+	if (samples == NULL)
+		return NULL;
+	for (i = 0; i < r->n; i++) {
+		json_t *text = json_text(r->texts[i] != NULL ? r->texts[i] : "", r->lens[i]);
+
+		if (text == NULL ||
+		    json_array_append_new(samples, json_pack("{s:o, s:O, s:O}", "text", text,
+		                                             "tokens", json_array_get(r->tokens, (size_t)i),
+		                                             "margins", json_array_get(r->margins, (size_t)i))) != 0) {
+			json_decref(samples);
+			return NULL;
+		}
+	}
+	return json_pack("{s:s, s:s?, s:I, s:I, s:o}", "mode", "generate", "model", model,
+	                 "prompt_tokens", (json_int_t)st->prompt_tokens, "generated", (json_int_t)st->generated,
+	                 "samples", samples);
+}
+
+void
+nesa_gen_record_release(struct nesa_gen_record *r)
+{
+	int i;
+
+	for (i = 0; r->texts != NULL && i < r->n; i++)
+		nesa_free(r->texts[i]);
+	nesa_free(r->texts);
+	nesa_free(r->lens);
+	json_decref(r->tokens);
+	json_decref(r->margins);
+	memset(r, 0, sizeof *r);
 }
 
 /* Sends a group's batch: asynchronously when the chain can, else at once. */
@@ -216,10 +368,14 @@ nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok, const stru
 		/* Sample each session of the group from its row of logits. */
 		for (k = 0; k < gr->n; k++) {
 			int32_t next;
+			float margin;
 
 			i = gr->who[k];
 			memcpy(logits, out + (int64_t)k * c->out_elems, (size_t)c->out_elems * sizeof *logits);
+			margin = o->on_token != NULL ? nesa_logit_margin(logits, (int)c->out_elems) : 0.0f;
 			next = nesa_sampler_next(&g[i].sampler, logits);
+			if (o->on_token != NULL && (s = o->on_token(o->token_ctx, i, next, margin)) != NESA_OK)
+				goto out;
 			if (!o->ignore_eos && (next == bos || next == eos)) {
 				g[i].done = true;
 				continue;

@@ -7,12 +7,20 @@
 #ifndef NESA_EVAL_H
 #define NESA_EVAL_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "chain.h"
 #include "data.h"
 #include "tokenizer.h"
+
+/*
+ * Receives every token sampled for session `index`, the one that stopped
+ * it included, with the margin (nesa_logit_margin) of the logits it was
+ * drawn from.  Returning non-OK stops generation with that status.
+ */
+typedef enum nesa_status (*nesa_token_fn)(void *ctx, int index, int32_t id, float margin);
 
 struct nesa_gen_opts {
 	const char *prompt;   /* UTF-8 text, may be empty */
@@ -27,6 +35,8 @@ struct nesa_gen_opts {
 	                         together through a pipeline (0: one per stage) */
 	uint64_t session_base;/* session ids are session_base + i */
 	int retries;          /* restarts of a failed pipeline, sessions replayed (0: fail) */
+	nesa_token_fn on_token; /* may be NULL */
+	void *token_ctx;
 };
 
 struct nesa_gen_stats {
@@ -52,6 +62,34 @@ typedef enum nesa_status (*nesa_text_fn)(void *ctx, int index, const char *bytes
 enum nesa_status nesa_generate(struct nesa_chain *c, const struct nesa_tokenizer *tok,
                                const struct nesa_gen_opts *o, nesa_text_fn emit, void *ctx,
                                struct nesa_gen_stats *st, struct nesa_err *err);
+
+/*
+ * A generation kept for a machine-readable result: each session's text,
+ * token ids and margins.  nesa_gen_record_text and nesa_gen_record_token
+ * are the callbacks of nesa_generate (with the record as their context);
+ * a failure in them (out of memory) is left in *err of init.
+ */
+struct nesa_gen_record {
+	int n;                 /* sessions */
+	char **texts;          /* (n) each session's bytes so far */
+	size_t *lens;          /* (n) */
+	json_t *tokens;        /* array of n arrays of ids */
+	json_t *margins;       /* array of n arrays of margins */
+	struct nesa_err *err;
+};
+
+enum nesa_status nesa_gen_record_init(struct nesa_gen_record *r, int n, struct nesa_err *err);
+enum nesa_status nesa_gen_record_text(void *r, int index, const char *bytes, size_t n);
+enum nesa_status nesa_gen_record_token(void *r, int index, int32_t id, float margin);
+
+/*
+ * {"mode": "generate", "model", "prompt_tokens", "generated", "samples":
+ * [{"text", "tokens", "margins"}...]} (a new reference, NULL when out of
+ * memory).  Bytes of a text that are not UTF-8 become U+FFFD.
+ */
+json_t *nesa_gen_record_json(const struct nesa_gen_record *r, const char *model,
+                             const struct nesa_gen_stats *st);
+void nesa_gen_record_release(struct nesa_gen_record *r);
 
 struct nesa_ppl_opts {
 	int64_t max_bytes; /* score only the first max_bytes of text (0 = all) */

@@ -1234,21 +1234,14 @@ enum nesa_status
 nesa_profile_write_json(const char *path, const json_t *j, bool force, struct nesa_err *err)
 {
 	struct nesa_out o;
-	char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
 	enum nesa_status s;
 
-	if (text == NULL)
-		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
 	s = nesa_out_open(&o, path, force ? NESA_OUT_FORCE : 0, err);
-	if (s == NESA_OK) {
-		s = nesa_out_write(&o, text, strlen(text), err);
-		if (s == NESA_OK)
-			s = nesa_out_write(&o, "\n", 1, err);
-		if (s == NESA_OK)
-			s = nesa_out_commit(&o, err);
-		else
-			nesa_out_abort(&o);
-	}
-	free(text);
+	if (s != NESA_OK)
+		return s;
+	s = nesa_out_write_json(&o, j, JSON_INDENT(2) | JSON_REAL_PRECISION(10), err);
+	if (s == NESA_OK)
+		return nesa_out_commit(&o, err);
+	nesa_out_abort(&o);
 	return s;
 }

@@ -58,6 +58,23 @@ nesa_sampler_release(struct nesa_sampler *s)
 	s->sorted = NULL;
 }
 
+float
+nesa_logit_margin(const float *logits, int n)
+{
+	float a = -INFINITY, b = -INFINITY;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (logits[i] > a) {
+			b = a;
+			a = logits[i];
+		} else if (logits[i] > b) {
+			b = logits[i];
+		}
+	}
+	return n > 1 ? a - b : 0.0f;
+}
+
 static int
 cmp_prob(const void *a, const void *b)
 {

@@ -32,6 +32,12 @@ void nesa_sampler_release(struct nesa_sampler *s);
  */
 int32_t nesa_sampler_next(struct nesa_sampler *s, float *logits);
 
+/*
+ * The largest logit minus the second largest (0 for a tie or one token):
+ * how far greedy decoding was from choosing differently.  Read-only.
+ */
+float nesa_logit_margin(const float *logits, int n);
+
 /* Uniform float in [0, 1) from a splitmix64 state. */
 float nesa_rand_float(uint64_t *state);
 uint64_t nesa_rand_u64(uint64_t *state);

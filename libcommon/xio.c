@@ -184,6 +184,21 @@ nesa_out_write(struct nesa_out *o, const void *buf, size_t n, struct nesa_err *e
 	return NESA_OK;
 }
 
+enum nesa_status
+nesa_out_write_json(struct nesa_out *o, const json_t *j, size_t flags, struct nesa_err *err)
+{
+	char *text = json_dumps(j, flags);
+	enum nesa_status s;
+
+	if (text == NULL)
+		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
+	s = nesa_out_write(o, text, strlen(text), err);
+	if (s == NESA_OK)
+		s = nesa_out_write(o, "\n", 1, err);
+	free(text); /* from json_dumps */
+	return s;
+}
+
 void
 nesa_out_abort(struct nesa_out *o)
 {

@@ -9,6 +9,7 @@
 #ifndef NESA_XIO_H
 #define NESA_XIO_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -53,6 +54,13 @@ void nesa_out_abort(struct nesa_out *o);
 /* Writes n bytes or fails with NESA_EIO naming the output. */
 enum nesa_status nesa_out_write(struct nesa_out *o, const void *buf, size_t n,
                                 struct nesa_err *err);
+
+/*
+ * Writes j with jansson's flags (JSON_INDENT, JSON_REAL_PRECISION, ...)
+ * and a newline.  NESA_ENOMEM, or errors of nesa_out_write.
+ */
+enum nesa_status nesa_out_write_json(struct nesa_out *o, const json_t *j, size_t flags,
+                                     struct nesa_err *err);
 
 /* The name of an output for messages: its path or "standard output". */
 const char *nesa_out_name(const struct nesa_out *o);

@@ -26,7 +26,7 @@ static const struct nesa_tool tool = {
 	.name = "nesa-route",
 	.purpose = "generate text, measure perplexity or classify images with a model",
 	.synopsis =
-		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--groups n] [--ignore-eos] [--prompt-tokens n] [--tokenizer file] stages\n"
+		"[-fqv] [-i prompt_file] [-l tokens] [-o output] [-P top_p] [-p prompt] [-s seed] [-T temperature] [-t threads] [--batch n] [--context n] [--format fmt] [--groups n] [--ignore-eos] [--prompt-tokens n] [--tokenizer file] stages\n"
 		"[-fqv] [-o output] [-t threads] [--bytes n] [--context n] [--format fmt] [--window n] --perplexity text stages\n"
 		"[-fqv] [-o output] [-t threads] [--format fmt] [--layout layout] [--limit n] [--weights file] --classify images labels stages",
 	.options =
@@ -59,7 +59,8 @@ static const struct nesa_tool tool = {
 		"      --layout=nchw|nhwc    pixel order of raw and .npy images (default nchw)\n"
 		"      --limit=N             classify only the first N images\n"
 		"      --weights=FILE        safetensors weights of a graph file (default: as it names)\n"
-		"      --format=text|json    result format for --perplexity and --classify\n",
+		"      --format=text|json    result format (json: text, token ids and logit margins\n"
+		"                            of each sample when generating)\n",
 	.std_opts = "iofstvqhV",
 };
 
@@ -359,7 +360,23 @@ main(int argc, char **argv)
 		                  : nesa_err_set(&err, NESA_EINVAL, "'%s' has no tokenizer (give --tokenizer FILE)", model_path);
 		goto done;
 	}
-	if (mode == MODE_GENERATE) {
+	if (mode == MODE_GENERATE && json) {
+		struct nesa_gen_stats st;
+		struct nesa_gen_record rec;
+		json_t *j = NULL;
+
+		if ((s = nesa_gen_record_init(&rec, gen.n_sessions, &err)) != NESA_OK)
+			goto done;
+		gen.on_token = nesa_gen_record_token;
+		gen.token_ctx = &rec;
+		s = nesa_generate(chain, model->tok, &gen, nesa_gen_record_text, &rec, &st, &err);
+		if (s == NESA_OK && (j = nesa_gen_record_json(&rec, model->name, &st)) == NULL)
+			s = nesa_err_set(&err, NESA_ENOMEM, "out of memory");
+		if (s == NESA_OK)
+			s = nesa_out_write_json(&out, j, JSON_COMPACT | JSON_REAL_PRECISION(6), &err);
+		json_decref(j);
+		nesa_gen_record_release(&rec);
+	} else if (mode == MODE_GENERATE) {
 		struct nesa_gen_stats st;
 		struct emit_ctx ec = {&out, gen.n_sessions, NULL, NULL, &err};
 
@@ -400,13 +417,20 @@ main(int argc, char **argv)
 			s = nesa_perplexity(chain, model->tok, text, len, &ppl, &r, &err);
 		nesa_free(text);
 		if (s == NESA_OK) {
-			if (json)
-				snprintf(line, sizeof line, "{\"mode\": \"perplexity\", \"model\": \"%s\", \"tokens\": %lld, \"scored\": %lld, \"windows\": %lld, \"nll\": %.6f, \"ppl\": %.6f}\n",
-				         model->name, (long long)r.tokens, (long long)r.scored, (long long)r.windows, r.nll, r.ppl);
-			else
+			if (json) {
+				json_t *j = json_pack("{s:s, s:s?, s:I, s:I, s:I, s:f, s:f}", "mode", "perplexity",
+				                      "model", model->name, "tokens", (json_int_t)r.tokens,
+				                      "scored", (json_int_t)r.scored, "windows", (json_int_t)r.windows,
+				                      "nll", r.nll, "ppl", r.ppl);
+
+				s = j != NULL ? nesa_out_write_json(&out, j, JSON_REAL_PRECISION(7), &err)
+				              : nesa_err_set(&err, NESA_ENOMEM, "out of memory");
+				json_decref(j);
+			} else {
 				snprintf(line, sizeof line, "perplexity %.4f (mean NLL %.4f nats over %lld tokens in %lld windows)\n",
 				         r.ppl, r.nll, (long long)r.scored, (long long)r.windows);
-			s = nesa_out_write(&out, line, strlen(line), &err);
+				s = nesa_out_write(&out, line, strlen(line), &err);
+			}
 		}
 	} else {
 		struct nesa_dataset ds;
@@ -420,13 +444,20 @@ main(int argc, char **argv)
 			s = nesa_classify(chain, &ds, 0, gen.retries, &r, &err);
 		nesa_dataset_release(&ds);
 		if (s == NESA_OK) {
-			if (json)
-				snprintf(line, sizeof line, "{\"mode\": \"classify\", \"model\": \"%s\", \"images\": %lld, \"correct\": %lld, \"accuracy\": %.4f}\n",
-				         model->name, (long long)r.n, (long long)r.correct, 100.0 * (double)r.correct / (double)r.n);
-			else
+			if (json) {
+				json_t *j = json_pack("{s:s, s:s?, s:I, s:I, s:f}", "mode", "classify",
+				                      "model", model != NULL ? model->name : NULL, "images", (json_int_t)r.n,
+				                      "correct", (json_int_t)r.correct,
+				                      "accuracy", 100.0 * (double)r.correct / (double)r.n);
+
+				s = j != NULL ? nesa_out_write_json(&out, j, JSON_REAL_PRECISION(7), &err)
+				              : nesa_err_set(&err, NESA_ENOMEM, "out of memory");
+				json_decref(j);
+			} else {
 				snprintf(line, sizeof line, "top-1 accuracy %.2f%% (%lld of %lld)\n",
 				         100.0 * (double)r.correct / (double)r.n, (long long)r.correct, (long long)r.n);
-			s = nesa_out_write(&out, line, strlen(line), &err);
+				s = nesa_out_write(&out, line, strlen(line), &err);
+			}
 		}
 	}
 done:

@@ -1,7 +1,8 @@
 #!/bin/sh
 # stories260K through nesa-route: greedy text byte for byte equal to the
 # reference from the llama2.c checkpoint, the GGUF, and the model split into
-# 2 and 3 stage archives; seeded sampling reproducible across splits;
+# 2 and 3 stage archives; JSON generation with the reference tokens and
+# logit margins; seeded sampling reproducible across splits;
 # perplexity equal to the independent PyTorch reference.
 . "$(dirname "$0")/lib.sh"
 need_data stories260K
@@ -21,6 +22,22 @@ expect_exit 0 nesa-route -t 1 -m "$T/p2/stage-00.nsa" -m "$T/p2/stage-01.nsa" -l
 expect_exit 0 nesa-route -t 1 --context 512 -m "$T/p3/stage-00.nsa" -m "$T/p3/stage-01.nsa" \
 	-m "$T/p3/stage-02.nsa" -l 256 &&
 	{ compare "$exp" "$T/out" || fail_ "greedy text through 3 stages differs"; }
+
+# JSON generation: the same text, the reference's tokens, and margins equal
+# to the top-two gap of the PyTorch reference logits (row t predicts token t+1).
+expect_exit 0 nesa-route -t 1 --context 512 -m "$T/p3/stage-00.nsa" -m "$T/p3/stage-01.nsa" \
+	-m "$T/p3/stage-02.nsa" -l 256 --format json
+jq -j '.samples[0].text' "$T/out" >"$T/json-text" && echo >>"$T/json-text"
+compare "$exp" "$T/json-text" || fail_ "JSON generation text differs from the reference"
+jq -r '.samples[0].tokens[:63][]' "$T/out" >"$T/json-tok"
+od -An -v -t d4 -j 4 "$S/ref_tokens_64.i32" | tr -s ' ' '\n' | sed '/^$/d' | cmp -s - "$T/json-tok" ||
+	fail_ "JSON generation tokens differ from ref_tokens_64.i32"
+od -An -v -t f4 "$S/ref_logits_64x512.f32" | tr -s ' ' '\n' | sed '/^$/d' |
+	awk '{ k = (NR - 1) % 512; if (k == 0) { a = $1; b = -1e30 } else if ($1 > a) { b = a; a = $1 } else if ($1 > b) b = $1;
+	       if (k == 511 && NR <= 63 * 512) print a - b }' >"$T/ref-margin"
+jq -r '.samples[0].margins[:63][]' "$T/out" | paste - "$T/ref-margin" |
+	awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-4) bad++ } END { exit NR == 63 && bad == 0 ? 0 : 1 }' ||
+	fail_ "JSON generation margins differ from the reference logits' top-two gaps"
 
 # Stages out of order are refused before anything runs.
 expect_exit 64 nesa-route -m "$T/p2/stage-01.nsa" -m "$T/p2/stage-00.nsa"
