@@ -215,6 +215,67 @@ nesa_plan_from_json(const json_t *j, struct nesa_plan *p, struct nesa_err *err)
 	return NESA_OK;
 }
 
+/* Copies s[0..n) to b with every ' written as '\'' (for inside single quotes); returns the length. */
+static size_t
+sh_quote_into(char *b, const char *s, size_t n)
+{
+	size_t i, o = 0;
+
+	for (i = 0; i < n; i++) {
+		if (s[i] == '\'') {
+			memcpy(b + o, "'\\''", 4);
+			o += 4;
+		} else {
+			b[o++] = s[i];
+		}
+	}
+	return o;
+}
+
+enum nesa_status
+nesa_plan_stage_spec(const struct nesa_plan *p, int i, const char *plan_path, char **spec,
+                     char **archive, struct nesa_err *err)
+{
+	const struct nesa_plan_stage *ps = &p->stages[i];
+	const char *slash = strrchr(plan_path, '/');
+	const char *dir = slash != NULL ? plan_path : ".";
+	size_t dlen = slash == NULL ? 1 : slash == plan_path ? 1 : (size_t)(slash - plan_path);
+	char *path = NULL, *out = NULL;
+	size_t len, n;
+
+	*spec = NULL;
+	if (archive != NULL)
+		*archive = NULL;
+	if (ps->archive == NULL && ps->command == NULL)
+		return nesa_err_set(err, NESA_EFORMAT, "stage %d of the plan has neither an archive nor a command", i);
+	if (ps->archive != NULL) {
+		len = dlen + strlen(ps->archive) + 2;
+		if ((path = nesa_malloc(len)) == NULL)
+			goto oom;
+		snprintf(path, len, "%.*s%s%s", (int)dlen, dir, dir[dlen - 1] == '/' ? "" : "/", ps->archive);
+	}
+	if (ps->command != NULL) {
+		/* cd 'DIR' && COMMAND: each byte of DIR takes at most 4 quoted. */
+		len = 4 * dlen + strlen(ps->command) + 16;
+		if ((out = nesa_malloc(len)) == NULL)
+			goto oom;
+		memcpy(out, "cd '", 4);
+		n = 4 + sh_quote_into(out + 4, dir, dlen);
+		snprintf(out + n, len - n, "' && %s", ps->command);
+	} else if ((out = nesa_strdup(path)) == NULL) {
+		goto oom;
+	}
+	*spec = out;
+	if (archive != NULL)
+		*archive = path;
+	else
+		nesa_free(path);
+	return NESA_OK;
+oom:
+	nesa_free(path);
+	return nesa_err_set(err, NESA_ENOMEM, "out of memory");
+}
+
 enum nesa_status
 nesa_plan_load(const char *path, struct nesa_plan *p, struct nesa_err *err)
 {

@@ -56,6 +56,17 @@ enum nesa_status nesa_plan_from_json(const json_t *j, struct nesa_plan *p, struc
 /* Reads a plan file; archive paths stay relative (see nesa_plan_path). */
 enum nesa_status nesa_plan_load(const char *path, struct nesa_plan *p, struct nesa_err *err);
 
+/*
+ * How nesa-route reaches stage i of the plan read from plan_path, as a
+ * pipeline stage spec (a new string, nesa_free it): a local archive is its
+ * path joined to the plan's directory; a command runs in that directory
+ * (so a local command may name the archive as the plan does; a remote one
+ * is unaffected).  *archive (may be NULL) receives the archive's local
+ * path when the plan names one, or NULL.  NESA_ENOMEM.
+ */
+enum nesa_status nesa_plan_stage_spec(const struct nesa_plan *p, int i, const char *plan_path,
+                                      char **spec, char **archive, struct nesa_err *err);
+
 void nesa_plan_init(struct nesa_plan *p);
 void nesa_plan_release(struct nesa_plan *p);
 

@@ -166,7 +166,7 @@ main(int argc, char **argv)
 	struct nesa_pipe_opts popts = {0};
 	struct nesa_plan plan;
 	int n_stages = 0, n_plan = 0;
-	char *file_prompt = NULL;
+	char *file_prompt = NULL, *plan_archive = NULL;
 	int json = 0, c, code, i;
 	int64_t v, limit = 0;
 	double d;
@@ -299,28 +299,28 @@ main(int argc, char **argv)
 	}
 	gen.prompt = prompt_buf;
 	if (plan_path != NULL) {
-		/* A plan's archives are relative to its directory; commands are used as given. */
-		char dir[4096];
-		const char *slash = strrchr(plan_path, '/');
-
-		snprintf(dir, sizeof dir, "%.*s", slash != NULL ? (int)(slash - plan_path) : 1,
-		         slash != NULL ? plan_path : ".");
 		s = nesa_plan_load(plan_path, &plan, &err);
-		for (i = 0; s == NESA_OK && i < plan.n_stages && i < 256; i++) {
-			const struct nesa_plan_stage *ps = &plan.stages[i];
-			size_t len = strlen(dir) + (ps->archive != NULL ? strlen(ps->archive) : 0) + 2;
+		if (s == NESA_OK && plan.n_stages > 256)
+			s = nesa_err_set(&err, NESA_EUNSUPPORTED, "plan '%s' has %d stages; nesa-route runs at most 256",
+			                 plan_path, plan.n_stages);
+		for (i = 0; s == NESA_OK && i < plan.n_stages; i++) {
+			char *archive = NULL;
+			struct stat sb;
 
-			plan_specs[n_plan] = ps->command != NULL ? nesa_strdup(ps->command) : nesa_malloc(len);
-			if (plan_specs[n_plan] == NULL) {
-				s = nesa_err_set(&err, NESA_ENOMEM, "out of memory");
+			s = nesa_plan_stage_spec(&plan, i, plan_path, &plan_specs[n_plan], &archive, &err);
+			if (s != NESA_OK)
 				break;
-			}
-			if (ps->command == NULL)
-				snprintf(plan_specs[n_plan], len, "%s/%s", dir, ps->archive != NULL ? ps->archive : "");
 			stages[n_stages++] = plan_specs[n_plan++];
+			/* The tokenizer from the plan's first archive here, even one a command runs elsewhere. */
+			if (plan_archive == NULL && archive != NULL && stat(archive, &sb) == 0 && S_ISREG(sb.st_mode))
+				plan_archive = archive;
+			else
+				nesa_free(archive);
 		}
 		if (s != NESA_OK)
 			goto done;
+		if (model_path == NULL)
+			model_path = plan_archive;
 	}
 	if (n_stages > 0) {
 		struct stat sb;
@@ -471,6 +471,7 @@ done:
 		nesa_model_free(models[i]);
 	for (i = 0; i < n_plan; i++)
 		nesa_free(plan_specs[i]);
+	nesa_free(plan_archive);
 	nesa_plan_release(&plan);
 	nesa_free(file_prompt);
 	return nesa_exit(s, &err);

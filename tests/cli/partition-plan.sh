@@ -1,6 +1,7 @@
 #!/bin/sh
 # nesa-partition --nodes: plans stories260K on three unequal nodes, writes
-# archives that nesa-route runs to the reference text, records nodes and
+# archives that nesa-route runs to the reference text (whole, and through
+# --plan with a command stage), records nodes and
 # commands, explains and compares; the same plan from a model profile; the
 # memory diagnosis; links and topology; refusals.
 . "$(dirname "$0")/lib.sh"
@@ -43,6 +44,12 @@ done
 set --
 for a in $(jq -r '.stages[].archive' "$T/p/plan.json"); do set -- "$@" -m "$T/p/$a"; done
 expect_exit 0 nesa-route -t 1 "$@" -l 256 && { compare "$exp" "$T/out" || fail_ "planned stages give other text"; }
+# Through --plan from elsewhere, the command stage run in the plan's
+# directory (whose name needs quoting): the same text.
+jq -e 'any(.stages[]; .command != null)' "$T/p/plan.json" >/dev/null || fail_ "no stage has a command"
+cp -R "$T/p" "$T/it's here"
+(cd / && nesa-route -t 1 --plan "$T/it's here/plan.json" -l 256) >"$T/out" 2>"$T/err" &&
+	compare "$exp" "$T/out" || fail_ "--plan with a command stage: $(head -c 300 "$T/err")"
 
 # The same plan from a model profile, as a dry run to stdout.
 nesa-profile --model "$S/stories260K.bin" >"$T/model.json" || fail_ "model profile failed"

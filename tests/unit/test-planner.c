@@ -830,6 +830,46 @@ test_oom(void **state)
 	json_decref(n);
 }
 
+/* How nesa-route reaches a plan's stages: archive paths joined, commands run in the plan's directory. */
+static void
+test_stage_spec(void **state)
+{
+	struct nesa_plan p;
+	struct nesa_err err;
+	char *spec, *arch;
+
+	(void)state;
+	nesa_plan_init(&p);
+	assert_int_equal(nesa_plan_even(&p, 6, 3, &err), NESA_OK);
+	assert_int_equal(nesa_plan_name_archives(&p, &err), NESA_OK);
+	p.stages[1].command = nesa_strdup("ssh -T h nesa-run-shard stage-01.nsa");
+	assert_non_null(p.stages[1].command);
+	nesa_free(p.stages[2].archive);
+	p.stages[2].archive = NULL;
+
+	assert_int_equal(nesa_plan_stage_spec(&p, 0, "/x/it's/plan.json", &spec, &arch, &err), NESA_OK);
+	assert_string_equal(spec, "/x/it's/stage-00.nsa");
+	assert_string_equal(arch, "/x/it's/stage-00.nsa");
+	nesa_free(spec);
+	nesa_free(arch);
+	assert_int_equal(nesa_plan_stage_spec(&p, 1, "/x/it's/plan.json", &spec, &arch, &err), NESA_OK);
+	assert_string_equal(spec, "cd '/x/it'\\''s' && ssh -T h nesa-run-shard stage-01.nsa");
+	assert_string_equal(arch, "/x/it's/stage-01.nsa");
+	nesa_free(spec);
+	nesa_free(arch);
+	assert_int_equal(nesa_plan_stage_spec(&p, 1, "plan.json", &spec, NULL, &err), NESA_OK);
+	assert_string_equal(spec, "cd '.' && ssh -T h nesa-run-shard stage-01.nsa");
+	nesa_free(spec);
+	assert_int_equal(nesa_plan_stage_spec(&p, 0, "/plan.json", &spec, NULL, &err), NESA_OK);
+	assert_string_equal(spec, "/stage-00.nsa");
+	nesa_free(spec);
+	/* Neither archive nor command. */
+	assert_int_equal(nesa_plan_stage_spec(&p, 2, "plan.json", &spec, &arch, &err), NESA_EFORMAT);
+	assert_null(spec);
+	assert_null(arch);
+	nesa_plan_release(&p);
+}
+
 int
 main(void)
 {
@@ -848,6 +888,7 @@ main(void)
 		cmocka_unit_test(test_infeasible),
 		cmocka_unit_test(test_exact_limit),
 		cmocka_unit_test(test_oom),
+		cmocka_unit_test(test_stage_spec),
 	};
 
 	return cmocka_run_group_tests_name("planner", tests, NULL, NULL);
