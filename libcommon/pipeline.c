@@ -57,6 +57,7 @@ struct result {
 
 struct pipe {
 	int n;
+	bool chain;               /* stages piped to each other, not relayed */
 	struct stage *st;
 	const struct nesa_pipe_opts *o;
 	int timeout_ms;
@@ -94,22 +95,36 @@ fail(struct pipe *p, enum nesa_status s, const char *fmt, ...)
 	pthread_mutex_unlock(&p->mu);
 }
 
-/* ", which exited with status 3" when the stage's process is gone. */
+/* "exited with status 3" when the stage's process is gone (reaping it), else "". */
 static const char *
-exit_note(struct stage *st, char *buf, size_t size)
+ended(struct stage *st, char *buf, size_t size)
 {
 	int status;
 
 	buf[0] = '\0';
 	if (st->pid > 0 && waitpid(st->pid, &status, WNOHANG) == st->pid) {
 		if (WIFEXITED(status))
-			snprintf(buf, size, " (its process exited with status %d)", WEXITSTATUS(status));
+			snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
 		else if (WIFSIGNALED(status))
-			snprintf(buf, size, " (its process was killed by signal %d)", WTERMSIG(status));
+			snprintf(buf, size, "was killed by signal %d", WTERMSIG(status));
 		st->pid = -1;
 	}
 	return buf;
 }
+
+/* " (its process exited with status 3)" when the stage's process is gone. */
+static const char *
+exit_note(struct stage *st, char *buf, size_t size)
+{
+	char how[64];
+
+	buf[0] = '\0';
+	if (ended(st, how, sizeof how)[0] != '\0')
+		snprintf(buf, size, " (its process %s)", how);
+	return buf;
+}
+
+static const char *gone_note(struct pipe *p, struct stage *st, char *note, size_t size);
 
 static void
 stamp(struct stage *st, bool in)
@@ -165,9 +180,11 @@ reader_main(void *arg)
 {
 	struct pipe *p = ((struct reader_arg *)arg)->p;
 	const int k = ((struct reader_arg *)arg)->k;
-	struct stage *st = &p->st[k], *next = k + 1 < p->n ? &p->st[k + 1] : NULL;
+	struct stage *st = &p->st[k], *next = k + 1 < p->n && !p->chain ? &p->st[k + 1] : NULL;
+	/* A chain is timed end to end, on its first stage. */
+	struct stage *timed = p->chain ? &p->st[0] : st;
 	struct nesa_frame f;
-	char note[96];
+	char note[512];
 
 	nesa_free(arg);
 	for (;;) {
@@ -177,7 +194,7 @@ reader_main(void *arg)
 			bool idle;
 
 			pthread_mutex_lock(&p->mu);
-			idle = st->in_flight == 0 && !p->closing;
+			idle = timed->in_flight == 0 && !p->closing;
 			pthread_mutex_unlock(&p->mu);
 			if (idle)
 				continue;
@@ -188,7 +205,7 @@ reader_main(void *arg)
 			/* A short pause lets a dying process be reaped for the message. */
 			usleep(20000);
 			fail(p, NESA_EREMOTE, "%s: %s%s", st->label, nesa_stream_error(st->from),
-			     exit_note(st, note, sizeof note));
+			     gone_note(p, st, note, sizeof note));
 			break;
 		}
 		if (f.kind == NESA_FRAME_ERROR) {
@@ -208,16 +225,18 @@ reader_main(void *arg)
 			pthread_mutex_lock(&p->mu);
 			closing = p->closing;
 			pthread_mutex_unlock(&p->mu);
-			if (!closing)
+			if (!closing) {
+				usleep(20000);
 				fail(p, NESA_EREMOTE, "%s ended its stream unexpectedly%s", st->label,
-				     exit_note(st, note, sizeof note));
+				     gone_note(p, st, note, sizeof note));
+			}
 			else if (next != NULL)
 				nesa_stream_write(next->to, &f);
 			break;
 		}
 		pthread_mutex_lock(&p->mu);
 		if (f.kind == NESA_FRAME_TENSOR && (f.flags & NESA_FRAME_FLAG_LAST)) {
-			stamp(st, false);
+			stamp(timed, false);
 			if (next != NULL)
 				stamp(next, true);
 		}
@@ -271,13 +290,19 @@ is_file(const char *path)
 	return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-/* Starts the stage: connects, or forks the archive's server or the command. */
+/*
+ * Starts the stage: connects, or forks the archive's server or the command.
+ * In a chain, *carry is the read end of the previous stage's output (-1 for
+ * the first stage), which becomes this stage's input, and receives this
+ * stage's output read end unless it is the last stage.
+ */
 static enum nesa_status
-start(struct pipe *p, struct stage *st, int k, struct nesa_err *err)
+start(struct pipe *p, struct stage *st, int k, int *carry, struct nesa_err *err)
 {
 	int in[2] = {-1, -1}, out[2] = {-1, -1};
 	char exe[PATH_MAX], tbuf[16];
 	const char *base = strrchr(st->spec, '/');
+	const bool fed = p->chain && k > 0, feeds = p->chain && k < p->n - 1;
 
 	snprintf(st->label, sizeof st->label, "stage %d (%.140s)", k,
 	         is_file(st->spec) && base != NULL ? base + 1 : st->spec);
@@ -290,11 +315,15 @@ start(struct pipe *p, struct stage *st, int k, struct nesa_err *err)
 		st->from_fd = st->to_fd;
 		return NESA_OK;
 	}
-	if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
+	if (fed)
+		in[0] = *carry;
+	if ((!fed && pipe2(in, O_CLOEXEC) != 0) || pipe2(out, O_CLOEXEC) != 0) {
 		enum nesa_status s = nesa_err_sys(err, NESA_EIO, "%s: cannot create a pipe", st->label);
 
 		close(in[0]);
 		close(in[1]);
+		if (fed)
+			*carry = -1;
 		return s;
 	}
 	if (is_file(st->spec))
@@ -305,6 +334,8 @@ start(struct pipe *p, struct stage *st, int k, struct nesa_err *err)
 		enum nesa_status s = nesa_err_sys(err, NESA_EIO, "%s: cannot start a process", st->label);
 
 		close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+		if (fed)
+			*carry = -1;
 		return s;
 	}
 	if (st->pid == 0) {
@@ -337,7 +368,12 @@ start(struct pipe *p, struct stage *st, int k, struct nesa_err *err)
 	close(in[0]);
 	close(out[1]);
 	st->to_fd = in[1];
-	st->from_fd = out[0];
+	if (fed)
+		*carry = -1;
+	if (feeds)
+		*carry = out[0];
+	else
+		st->from_fd = out[0];
 	return NESA_OK;
 }
 
@@ -360,38 +396,24 @@ shape_of(json_t *o, int *dtype, int *ndim, int64_t shape[3])
 	return *ndim >= 0 ? n : -1;
 }
 
-/* Sends a hello and reads the stage's description. */
+/* Reads a stage's description from a hello answer f. */
 static enum nesa_status
-hello(struct pipe *p, struct stage *st, struct nesa_err *err)
+parse_hello(struct stage *st, const struct nesa_frame *f, struct nesa_err *err)
 {
-	struct nesa_frame f;
 	json_error_t je;
 	json_t *h;
-	char note[96];
+	int64_t osh[3];
 	int dt;
-	enum nesa_status s;
 
-	nesa_frame_init(&f, NESA_FRAME_BEGIN);
-	if (nesa_stream_write(st->to, &f) != NESA_OK || nesa_stream_flush(st->to) != NESA_OK) {
-		usleep(50000);
-		return nesa_err_set(err, NESA_EREMOTE, "%s: %s%s", st->label, nesa_stream_error(st->to),
-		                    exit_note(st, note, sizeof note));
-	}
-	s = nesa_stream_read(st->from, &f);
-	if (s != NESA_OK) {
-		usleep(50000);
-		return nesa_err_set(err, s == NESA_ETIMEOUT ? NESA_ETIMEOUT : NESA_EREMOTE, "%s: %s%s",
-		                    st->label, nesa_stream_error(st->from), exit_note(st, note, sizeof note));
-	}
-	if (f.kind == NESA_FRAME_ERROR) {
+	if (f->kind == NESA_FRAME_ERROR) {
 		char who[256], msg[NESA_FRAME_MESSAGE_MAX + 1];
 		enum nesa_status es;
 
-		nesa_frame_error_parse(&f, &es, who, sizeof who, msg, sizeof msg, NULL);
+		nesa_frame_error_parse(f, &es, who, sizeof who, msg, sizeof msg, NULL);
 		return nesa_err_set(err, NESA_EREMOTE, "%s: stage '%s' failed: %s", st->label, who, msg);
 	}
-	if (f.kind != NESA_FRAME_BEGIN || f.session != 0 ||
-	    (h = json_loadb(f.payload, f.payload_len, 0, &je)) == NULL)
+	if (f->kind != NESA_FRAME_BEGIN || f->session != 0 ||
+	    (h = json_loadb(f->payload, f->payload_len, 0, &je)) == NULL)
 		return nesa_err_set(err, NESA_EREMOTE, "%s: no hello answer (is it a nesa-run-shard?)", st->label);
 	st->first = (int)json_integer_value(json_object_get(h, "first"));
 	st->count = (int)json_integer_value(json_object_get(h, "count"));
@@ -401,14 +423,89 @@ hello(struct pipe *p, struct stage *st, struct nesa_err *err)
 	         json_string_value(json_object_get(h, "model_id")) != NULL
 	             ? json_string_value(json_object_get(h, "model_id")) : "");
 	st->in_elems = shape_of(json_object_get(h, "in"), &st->in_dtype, &st->in_ndim, st->in_shape);
-	{
-		int64_t osh[3];
-
-		st->out_elems = shape_of(json_object_get(h, "out"), &dt, &st->out_ndim, osh);
-	}
+	st->out_elems = shape_of(json_object_get(h, "out"), &dt, &st->out_ndim, osh);
 	json_decref(h);
 	if (st->count < 1 || st->n_blocks < 1 || st->in_elems < 1 || st->out_elems < 1)
 		return nesa_err_set(err, NESA_EREMOTE, "%s: malformed hello answer", st->label);
+	return NESA_OK;
+}
+
+/*
+ * What to say about st's failure: its own exit; in a chain, where the
+ * client sees only the end, every stage whose process is gone, in order
+ * ("; the chain broke: stage 1 (x) exited with status 3").  Which one
+ * broke it first is for the reader: upstream stages usually fail writing
+ * to it, downstream ones see their input end.
+ */
+static const char *
+gone_note(struct pipe *p, struct stage *st, char *note, size_t size)
+{
+	char how[64];
+	size_t n = 0;
+	int k;
+
+	if (!p->chain)
+		return exit_note(st, note, size);
+	note[0] = '\0';
+	for (k = 0; k < p->n && n < size; k++) {
+		if (ended(&p->st[k], how, sizeof how)[0] == '\0')
+			continue;
+		n += (size_t)snprintf(note + n, size - n, "%s%s %s", n == 0 ? "; the chain broke: " : ", ",
+		                      p->st[k].label, how);
+	}
+	return note;
+}
+
+/*
+ * Sends a hello and reads the stage's description; in a chain, one request
+ * to the first stage and every answer from the last (see nesa-stream(5)).
+ */
+static enum nesa_status
+hello(struct pipe *p, struct stage *st, struct nesa_err *err)
+{
+	static const char chain_req[] = "{\"chain\": true}";
+	struct stage *from = p->chain ? &p->st[p->n - 1] : st;
+	struct nesa_frame f;
+	char note[512];
+	int k;
+	enum nesa_status s;
+
+	nesa_frame_init(&f, NESA_FRAME_BEGIN);
+	if (p->chain) {
+		f.payload = chain_req;
+		f.payload_len = sizeof chain_req - 1;
+	}
+	if (nesa_stream_write(st->to, &f) != NESA_OK || nesa_stream_flush(st->to) != NESA_OK) {
+		usleep(50000);
+		return nesa_err_set(err, NESA_EREMOTE, "%s: %s%s", st->label, nesa_stream_error(st->to),
+		                    exit_note(st, note, sizeof note));
+	}
+	/* A chain answers with the request, then the stages from the last back. */
+	for (k = p->chain ? p->n : 0; k >= 0; k--) {
+		struct stage *who = !p->chain ? st : k < p->n ? &p->st[k] : from;
+
+		s = nesa_stream_read(from->from, &f);
+		if (s != NESA_OK) {
+			usleep(50000);
+			return nesa_err_set(err, s == NESA_ETIMEOUT ? NESA_ETIMEOUT : NESA_EREMOTE, "%s: %s%s",
+			                    from->label, nesa_stream_error(from->from), gone_note(p, from, note, sizeof note));
+		}
+		if (f.kind == NESA_FRAME_EOS) {
+			usleep(50000);
+			return nesa_err_set(err, NESA_EREMOTE, "%s ended its stream before answering the hello%s",
+			                    from->label, gone_note(p, from, note, sizeof note));
+		}
+		if (p->chain && k == p->n && f.kind != NESA_FRAME_ERROR) {
+			if (f.kind != NESA_FRAME_BEGIN || f.session != 0 || f.payload_len != sizeof chain_req - 1 ||
+			    memcmp(f.payload, chain_req, f.payload_len) != 0)
+				return nesa_err_set(err, NESA_EREMOTE,
+				                    "%s: the hello request did not come through the chain (is every stage a nesa-run-shard?)",
+				                    from->label);
+			continue;
+		}
+		if ((s = parse_hello(who, &f, err)) != NESA_OK)
+			return s;
+	}
 	return NESA_OK;
 }
 
@@ -663,10 +760,21 @@ pipe_report(void *impl)
 
 	for (k = 0; k < p->n; k++) {
 		const struct stage *st = &p->st[k];
-		const struct nesa_stream_stats *to = nesa_stream_stats(st->to);
-		const struct nesa_stream_stats *from = nesa_stream_stats(st->from);
+		const struct stage *end = p->chain ? &p->st[p->n - 1] : st;
+		const struct nesa_stream_stats *to = nesa_stream_stats(p->st[p->chain ? 0 : k].to);
+		const struct nesa_stream_stats *from = nesa_stream_stats(end->from);
 
 		framing += to->codec_seconds + from->codec_seconds;
+		if (p->chain) {
+			/* The client sees the chain's ends only. */
+			nesa_log(NESA_LOG_INFO,
+			         "chain of %d stages: blocks [0, %d), %llu batches, %.3f ms per batch through the chain, %llu bytes in, %llu bytes out",
+			         p->n, end->first + end->count, (unsigned long long)st->batches,
+			         st->batches > 0 ? 1e3 * st->busy / (double)st->batches : 0.0,
+			         (unsigned long long)(to->payload_bytes + to->header_bytes),
+			         (unsigned long long)(from->payload_bytes + from->header_bytes));
+			break;
+		}
 		nesa_log(NESA_LOG_INFO,
 		         "%s: blocks [%d, %d), %llu batches, %.3f ms per batch in the stage and its two hops, %llu bytes in, %llu bytes out",
 		         st->label, st->first, st->first + st->count, (unsigned long long)st->batches,
@@ -683,25 +791,31 @@ static enum nesa_status
 pipe_start(struct pipe *p, struct nesa_err *err)
 {
 	enum nesa_status s = NESA_OK;
-	int k;
+	int k, carry = -1;
 
 	p->failed = NESA_OK;
 	p->closing = false;
 	/* Start every stage first, so remote ones load in parallel. */
 	for (k = 0; k < p->n && s == NESA_OK; k++) {
-		s = start(p, &p->st[k], k, err);
-		if (s == NESA_OK)
-			s = nesa_stream_open_fd(p->st[k].to_fd, NESA_STREAM_WRITE, p->st[k].label, &p->st[k].to, err);
-		if (s == NESA_OK)
-			s = nesa_stream_open_fd(p->st[k].from_fd, NESA_STREAM_READ, p->st[k].label, &p->st[k].from, err);
-		if (s == NESA_OK)
-			nesa_stream_set_timeout(p->st[k].from, p->timeout_ms);
+		struct stage *st = &p->st[k];
+
+		s = start(p, st, k, &carry, err);
+		if (s == NESA_OK && st->to_fd >= 0)
+			s = nesa_stream_open_fd(st->to_fd, NESA_STREAM_WRITE, st->label, &st->to, err);
+		if (s == NESA_OK && st->from_fd >= 0) {
+			s = nesa_stream_open_fd(st->from_fd, NESA_STREAM_READ, st->label, &st->from, err);
+			if (s == NESA_OK)
+				nesa_stream_set_timeout(st->from, p->timeout_ms);
+		}
 	}
-	for (k = 0; k < p->n && s == NESA_OK; k++)
+	if (carry >= 0)
+		close(carry); /* a stage after it failed to start */
+	for (k = 0; k < (p->chain ? 1 : p->n) && s == NESA_OK; k++)
 		s = hello(p, &p->st[k], err);
 	if (s == NESA_OK)
 		s = check_chain(p, err);
-	for (k = 0; k < p->n && s == NESA_OK; k++) {
+	/* A chain's stages feed each other: only its end is read here. */
+	for (k = p->chain ? p->n - 1 : 0; k < p->n && s == NESA_OK; k++) {
 		struct reader_arg *a = nesa_malloc(sizeof *a);
 
 		if (a == NULL) {
@@ -771,12 +885,17 @@ nesa_chain_pipeline(const char *const *specs, int n, const struct nesa_pipe_opts
 	pthread_cond_init(&p->cv, NULL);
 	p->n = n;
 	p->o = o != NULL ? o : &defaults;
+	p->chain = p->o->chain;
 	p->timeout_ms = p->o->timeout_ms > 0 ? p->o->timeout_ms : 120000;
 	for (k = 0; k < n; k++) {
 		p->st[k].to_fd = p->st[k].from_fd = -1;
 		p->st[k].spec = nesa_strdup(specs[k]);
 		if (p->st[k].spec == NULL)
 			s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
+		else if (p->chain && strncmp(specs[k], "tcp://", 6) == 0 && s == NESA_OK)
+			s = nesa_err_set(err, NESA_EINVAL,
+			                 "stage %d (%s): a chain needs stage processes; a TCP stage cannot read from the stage before it",
+			                 k, specs[k]);
 	}
 	if (s == NESA_OK)
 		s = pipe_start(p, err);

@@ -3,13 +3,17 @@
  * The client side of a distributed pipeline: a struct nesa_chain whose
  * stages are other processes, local or remote.
  *
- * Topology: the client talks to every stage and relays between them.  A
- * batch goes client -> stage 0 -> client -> stage 1 -> ... -> client, so
- * each hop between two stages costs two transfers through the client (one
- * in, one out) instead of one, in exchange for the client seeing every
- * stage's answer (errors name the stage at once) and the stages needing no
- * address of each other.  Several batches may be in flight: while stage 1
- * works on one, stage 0 works on the next.
+ * Topology: by default the client talks to every stage and relays between
+ * them.  A batch goes client -> stage 0 -> client -> stage 1 -> ... ->
+ * client, so each hop between two stages costs two transfers through the
+ * client (one in, one out) instead of one, in exchange for the client
+ * seeing every stage's answer (per-stage times, errors that name the stage
+ * at once) and the stages needing no address of each other.  With chain,
+ * stage processes are piped to each other (client -> stage 0 -> stage 1
+ * -> ... -> client): one transfer per hop, the client seeing only the
+ * ends; a failure is traced to the stage whose process ended.  Several
+ * batches may be in flight either way: while stage 1 works on one, stage
+ * 0 works on the next.
  *
  * A stage is given as a spec: "tcp://host:port" (a nesa-run-shard --listen
  * server), the path of a shard archive (a local nesa-run-shard process is
@@ -19,6 +23,8 @@
 #ifndef NESA_PIPELINE_H
 #define NESA_PIPELINE_H
 
+#include <stdbool.h>
+
 #include "chain.h"
 
 struct nesa_pipe_opts {
@@ -26,6 +32,7 @@ struct nesa_pipe_opts {
 	const char *run_shard;  /* nesa-run-shard for archives (default: beside this program, else PATH) */
 	int threads;            /* -t for local stages (0: their default) */
 	const char *codec;      /* --codec for local stages (NULL: f32) */
+	bool chain;             /* pipe the stages to each other instead of relaying */
 };
 
 /*

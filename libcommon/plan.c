@@ -212,6 +212,12 @@ nesa_plan_from_json(const json_t *j, struct nesa_plan *p, struct nesa_err *err)
 		nesa_plan_release(p);
 		return nesa_err_set(err, NESA_EFORMAT, "plan stages cover %d of %d blocks", at, p->n_blocks);
 	}
+	/* The planner's facts travel with the plan (nesa-route reads its topology). */
+	if (json_is_object(json_object_get(j, "planner")) &&
+	    (p->extra = json_pack("{s:O}", "planner", json_object_get(j, "planner"))) == NULL) {
+		nesa_plan_release(p);
+		return nesa_err_set(err, NESA_ENOMEM, "out of memory");
+	}
 	return NESA_OK;
 }
 

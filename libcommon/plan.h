@@ -28,7 +28,7 @@ struct nesa_plan {
 	int n_blocks;
 	struct nesa_plan_stage *stages; /* (n_stages) in pipeline order */
 	int n_stages;
-	json_t *extra;     /* planner facts (objective, predictions), or NULL */
+	json_t *extra;     /* {"planner": facts (objective, topology, predictions)}, or NULL */
 };
 
 /* Splits n_blocks into n_stages ranges of as equal a count as possible. */

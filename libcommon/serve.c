@@ -393,21 +393,28 @@ run_batch(struct nesa_stage *st, struct batch *b, struct nesa_stream *out, bool 
 	return NESA_OK;
 }
 
-/* Answers a hello (begin frame for session 0 without a "stage" key). */
+/*
+ * Answers a hello (begin frame for session 0 without a "stage" key).  A
+ * request with a "chain" key is passed on before the answer, so in a chain
+ * of stages piped to each other every stage answers: the end of the chain
+ * sees the request, then the answers from the last stage back to the first.
+ */
 static enum nesa_status
 hello(struct nesa_stage *st, const struct nesa_frame *f, struct nesa_stream *out, struct nesa_err *err)
 {
 	struct nesa_frame r;
+	bool answer = f->payload_len == 0 || memmem(f->payload, f->payload_len, "\"stage\"", 7) == NULL;
 
-	/* A hello answer from upstream is passed on unchanged. */
-	if (f->payload_len > 0 && memmem(f->payload, f->payload_len, "\"stage\"", 7) != NULL)
-		r = *f;
-	else {
-		nesa_frame_init(&r, NESA_FRAME_BEGIN);
-		r.payload = st->hello;
-		r.payload_len = strlen(st->hello);
-		r.model_id = st->model_id;
-	}
+	/* A hello answer from upstream, or a chain request, is passed on unchanged. */
+	if ((!answer || memmem(f->payload, f->payload_len, "\"chain\"", 7) != NULL) &&
+	    nesa_stream_write(out, f) != NESA_OK)
+		return nesa_err_copy(err, nesa_stream_err(out));
+	if (!answer)
+		return NESA_OK;
+	nesa_frame_init(&r, NESA_FRAME_BEGIN);
+	r.payload = st->hello;
+	r.payload_len = strlen(st->hello);
+	r.model_id = st->model_id;
 	if (nesa_stream_write(out, &r) != NESA_OK)
 		return nesa_err_copy(err, nesa_stream_err(out));
 	return NESA_OK;

@@ -40,6 +40,9 @@ static const struct nesa_tool tool = {
 		"                            repeat it for each stage, in order (with stages, -m\n"
 		"                            only supplies the tokenizer)\n"
 		"      --timeout=SECONDS     a stage silent this long with work pending failed (120)\n"
+		"      --topology=NAME       relay (default: every hop through this client) or\n"
+		"                            chain (stage processes piped to each other); a\n"
+		"                            plan's planned topology is the default for it\n"
 		"      --retries=N           restart failed stages N times, replaying sessions (0)\n"
 		"      --codec=TYPE          activations between local stages as TYPE (default f32)\n"
 		"      --groups=N            session groups kept in flight through the stages\n"
@@ -81,6 +84,7 @@ enum {
 	OPT_RETRIES,
 	OPT_STAGE,
 	OPT_TIMEOUT,
+	OPT_TOPOLOGY,
 	OPT_TOKENIZER,
 	OPT_WEIGHTS,
 	OPT_WINDOW,
@@ -144,6 +148,7 @@ main(int argc, char **argv)
 		{"retries", required_argument, NULL, OPT_RETRIES},
 		{"stage", required_argument, NULL, OPT_STAGE},
 		{"timeout", required_argument, NULL, OPT_TIMEOUT},
+		{"topology", required_argument, NULL, OPT_TOPOLOGY},
 		{"tokenizer", required_argument, NULL, OPT_TOKENIZER},
 		{"weights", required_argument, NULL, OPT_WEIGHTS},
 		{"window", required_argument, NULL, OPT_WINDOW},
@@ -168,6 +173,7 @@ main(int argc, char **argv)
 	int n_stages = 0, n_plan = 0;
 	char *file_prompt = NULL, *plan_archive = NULL;
 	int json = 0, c, code, i;
+	const char *topology = NULL;
 	int64_t v, limit = 0;
 	double d;
 	enum nesa_status s;
@@ -230,6 +236,11 @@ main(int argc, char **argv)
 			if (n_stages == 256)
 				return nesa_usage_error(&tool, "at most 256 stages");
 			stages[n_stages++] = optarg;
+			break;
+		case OPT_TOPOLOGY:
+			if (strcmp(optarg, "relay") != 0 && strcmp(optarg, "chain") != 0)
+				return nesa_usage_error(&tool, "invalid value '%s' for --topology: expected relay or chain", optarg);
+			topology = optarg;
 			break;
 		case OPT_TIMEOUT:
 			if (!nesa_cli_parse_i64(&tool, "--timeout", optarg, 1, 86400, &v))
@@ -321,7 +332,10 @@ main(int argc, char **argv)
 			goto done;
 		if (model_path == NULL)
 			model_path = plan_archive;
+		if (topology == NULL)
+			topology = json_string_value(json_object_get(json_object_get(plan.extra, "planner"), "topology"));
 	}
+	popts.chain = topology != NULL && strcmp(topology, "chain") == 0;
 	if (n_stages > 0) {
 		struct stat sb;
 

@@ -35,6 +35,23 @@ grep -q "stage 1 (sleep 30)" "$T/err" || fail_ "a silent stage is not named: $(c
 expect_exit 69 nesa-route --stage "$s0" --stage "$rs --kv-limit 8k $s1" --stage "$s2" -l 20
 grep -q "over the limit of 8192" "$T/err" || fail_ "a KV cache limit is not explained: $(cat "$T/err")"
 
+# The same through a chain, where the client sees only the last stage:
+# the error frame still names the stage that failed, a stage that exits
+# is listed, the wrong shard is found from every stage's hello, and a TCP
+# stage cannot be chained.
+expect_exit 69 nesa-route --timeout 20 --topology chain --stage "$s0" \
+	--stage "dd bs=1 count=20000 status=none | $rs $s1" --stage "$s2" -l 200
+grep -q "stage 'stage-01.nsa' failed: .*truncated frame" "$T/err" || fail_ "chain: a dying stage is not named: $(cat "$T/err")"
+expect_exit 69 nesa-route --timeout 20 --topology chain --stage "$s0" --stage "sh -c 'exit 3'" --stage "$s2" -l 5
+grep -q "the chain broke: .*stage 1 (sh -c 'exit 3') exited with status 3" "$T/err" ||
+	fail_ "chain: an exiting stage is not named: $(cat "$T/err")"
+expect_exit 69 nesa-route --topology chain --stage "$s0" --stage "$s2" --stage "$s1" -l 5
+grep -q "stage 1 (stage-02.nsa) holds blocks \[5, 7) of 7, but the chain needs block 3 next" "$T/err" ||
+	fail_ "chain: a wrong shard is not explained: $(cat "$T/err")"
+expect_exit 64 nesa-route --topology chain --stage "$s0" --stage tcp://127.0.0.1:9 --stage "$s2" -l 5
+grep -q "stage 1 (tcp://127.0.0.1:9): a chain needs stage processes" "$T/err" ||
+	fail_ "chain: a TCP stage is not refused: $(cat "$T/err")"
+
 # No stage process outlives its client.
 sleep 0.5
 if pgrep -f "$T/p/stage-0" >/dev/null; then

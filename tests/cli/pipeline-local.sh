@@ -1,5 +1,6 @@
 #!/bin/sh
 # Pipelines of local processes: nesa-route driving the stages of a plan,
+# relayed or piped to each other (chain),
 # and a plain shell pipeline of nesa-run-shard filters between .npy files,
 # both equal to the single-process results.
 . "$(dirname "$0")/lib.sh"
@@ -14,11 +15,26 @@ expect_exit 0 nesa-route -t 1 --plan "$T/p/plan.json" -l 256 &&
 	{ compare "$exp" "$T/out" || fail_ "greedy text through 3 stage processes differs"; }
 expect_exit 0 nesa-route -t 1 --stage "$T/p/stage-00.nsa" --stage "$T/p/stage-01.nsa" \
 	--stage "$T/p/stage-02.nsa" --codec f16 -l 256
+# The chain topology: stages piped to each other, the same text; several
+# sessions in flight; the client reports the chain end to end.
+expect_exit 0 nesa-route -t 1 -v --topology chain --plan "$T/p/plan.json" -l 256 &&
+	{ compare "$exp" "$T/out" || fail_ "greedy text through a chain of 3 stages differs"; }
+grep -q "chain of 3 stages: blocks \[0, 7), 2[0-9][0-9] batches" "$T/err" || fail_ "no chain report: $(cat "$T/err")"
+nesa-route -t 1 --topology chain --plan "$T/p/plan.json" -T 0.8 -s 5 -l 60 --batch 4 --groups 3 >"$T/chain" ||
+	fail_ "sampling through a chain failed"
+# A plan made for a chain runs as one.
+expect_exit 0 nesa-partition -o "$T/c" --stages 2 "$S/stories260K.bin"
+jq '.planner = {topology: "chain"}' "$T/c/plan.json" >"$T/c/p2.json"
+expect_exit 0 nesa-route -t 1 -v --plan "$T/c/p2.json" -l 256 &&
+	{ compare "$exp" "$T/out" || fail_ "greedy text through a chain plan differs"; }
+grep -q "chain of 2 stages" "$T/err" || fail_ "a chain plan was not run as a chain: $(cat "$T/err")"
+
 # Sampling with a seed gives the same text in one process and in 3 stages,
 # with several sessions in flight together.
 nesa-route -t 1 -m "$S/stories260K.bin" -T 0.8 -s 5 -l 60 --batch 4 >"$T/one" || fail_ "local sampling failed"
 nesa-route -t 1 --plan "$T/p/plan.json" -T 0.8 -s 5 -l 60 --batch 4 --groups 2 >"$T/three" || fail_ "pipelined sampling failed"
 compare "$T/one" "$T/three" || fail_ "seeded samples differ between one process and 3 stages"
+compare "$T/one" "$T/chain" || fail_ "seeded samples differ between one process and a chain of 3 stages"
 
 # The shell pipeline of the man page: .npy in, .npy out, bit for bit the
 # same logits as the whole model in one stage.
