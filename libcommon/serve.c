@@ -406,7 +406,7 @@ hello(struct nesa_stage *st, const struct nesa_frame *f, struct nesa_stream *out
 	bool answer = f->payload_len == 0 || memmem(f->payload, f->payload_len, "\"stage\"", 7) == NULL;
 
 	/* A hello answer from upstream, or a chain request, is passed on unchanged. */
-	if ((!answer || memmem(f->payload, f->payload_len, "\"chain\"", 7) != NULL) &&
+	if ((!answer || (f->payload_len > 0 && memmem(f->payload, f->payload_len, "\"chain\"", 7) != NULL)) &&
 	    nesa_stream_write(out, f) != NESA_OK)
 		return nesa_err_copy(err, nesa_stream_err(out));
 	if (!answer)
