@@ -16,6 +16,13 @@ expect_exit 0 nesa-route -t 1 --retries 2 --stage "$T/p/stage-00.nsa" --stage "$
 	{ compare "$T/ref" "$T/out" || fail_ "text after recovery differs"; }
 grep -q "restarting the stages and replaying" "$T/err" || fail_ "no recovery happened: $(cat "$T/err")"
 
+# The same through a chain: the error reaches the client through stage 2.
+rm -f "$T/started"
+expect_exit 0 nesa-route -t 1 --retries 2 --topology chain --stage "$T/p/stage-00.nsa" --stage "$dying" \
+	--stage "$T/p/stage-02.nsa" -l 200 --batch 3 -T 0.8 -s 4 &&
+	{ compare "$T/ref" "$T/out" || fail_ "text after recovery through a chain differs"; }
+grep -q "restarting the stages and replaying" "$T/err" || fail_ "no recovery happened in a chain: $(cat "$T/err")"
+
 rm -f "$T/started"
 expect_exit 69 nesa-route -t 1 --stage "$T/p/stage-00.nsa" --stage "$dying" \
 	--stage "$T/p/stage-02.nsa" -l 200 --batch 3 -T 0.8 -s 4
