@@ -4,7 +4,7 @@
  * every tensor (nesa-archive(5)) and that identify a model's source file.
  *
  * Not for: passwords or keyed hashing (use libsodium directly), nor the
- * crc32 checksums of the stream format (stream.c, zlib).  shard.h includes
+ * CRC-32C checksums of the stream format (checksum.h).  shard.h includes
  * this header, so code written against shard.h keeps compiling.
  */
 #ifndef NESA_HASH_H

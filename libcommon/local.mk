@@ -6,6 +6,7 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/alloc.c libcommon/alloc.h \
 	libcommon/arch.c libcommon/arch.h \
 	libcommon/chain.c libcommon/chain.h \
+	libcommon/checksum.c libcommon/checksum.h \
 	libcommon/cli.c libcommon/cli.h \
 	libcommon/data.c libcommon/data.h \
 	libcommon/dtype.c libcommon/dtype.h \

@@ -5,7 +5,7 @@
  * sessions (generations, each with its own KV cache downstream) are
  * multiplexed on one stream.  The wire format is specified byte for byte in
  * nesa-stream(5); in short, a frame is a 64-byte little-endian header with
- * its own crc32, a payload, and a 4-byte crc32 trailer over both.
+ * its own CRC-32C, a payload, and a 4-byte CRC-32C trailer over both.
  *
  * A struct nesa_stream reads or writes frames through a backend (a file
  * descriptor, a stdio FILE, or memory).  It keeps its last error in the
@@ -29,7 +29,7 @@
 #include "tensor.h"
 
 #define NESA_STREAM_MAGIC "NSTF"
-#define NESA_STREAM_VERSION 1
+#define NESA_STREAM_VERSION 2
 #define NESA_FRAME_HEADER_SIZE 64
 #define NESA_FRAME_TRAILER_SIZE 4
 
@@ -96,7 +96,7 @@ struct nesa_stream_stats {
 	uint64_t frames;        /* frames read or written, end of stream included */
 	uint64_t payload_bytes; /* payload bytes */
 	uint64_t header_bytes;  /* header and trailer bytes */
-	double codec_seconds;   /* encoding and decoding headers, crc32 of headers and payloads */
+	double codec_seconds;   /* encoding and decoding headers, checksums of headers and payloads */
 	double io_seconds;      /* inside the backend: reading, writing, waiting for the peer */
 };
 

@@ -31,6 +31,7 @@ UNIT_TESTS = \
 	tests/unit/test-xio \
 	tests/unit/test-shard \
 	tests/unit/test-stream \
+	tests/unit/test-checksum \
 	tests/unit/test-npy \
 	tests/unit/test-tokenizer \
 	tests/unit/test-gguf \
@@ -59,6 +60,8 @@ tests_unit_test_shard_LDADD = $(UNIT_LDADD)
 tests_unit_test_shard_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_stream_LDADD = $(UNIT_LDADD)
 tests_unit_test_stream_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_checksum_LDADD = $(UNIT_LDADD)
+tests_unit_test_checksum_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_npy_LDADD = $(UNIT_LDADD)
 tests_unit_test_npy_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_tokenizer_LDADD = $(UNIT_LDADD)
