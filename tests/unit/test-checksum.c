@@ -43,7 +43,7 @@ test_check_values(void **state)
 static void
 test_versions_agree(void **state)
 {
-	enum { N = 4096 };
+	enum { N = 40000 }; /* past several blocks of the fast version's three lanes */
 	unsigned char *buf = malloc(N + 8);
 	uint64_t rng = 7;
 	size_t len, off, v;
@@ -60,11 +60,18 @@ test_versions_agree(void **state)
 			for (v = 1; v < sizeof versions / sizeof *versions; v++)
 				assert_int_equal(versions[v](0, buf + off, len), want);
 		}
-		for (len = 1000; len <= N; len += 1031) {
+		for (len = 1000; len <= N; len += 997) {
 			uint32_t want = nesa_crc32c_ref(0x1234u, buf + off, len);
 
 			for (v = 1; v < sizeof versions / sizeof *versions; v++)
 				assert_int_equal(versions[v](0x1234u, buf + off, len), want);
+		}
+		/* Either side of whole blocks of three 2048-byte lanes. */
+		for (len = 6143; len <= 3 * 6144 + 9; len += (len % 6144 == 6143 || len % 6144 == 0) ? 1 : 6142) {
+			uint32_t want = nesa_crc32c_ref(0xffffffffu, buf + off, len);
+
+			for (v = 1; v < sizeof versions / sizeof *versions; v++)
+				assert_int_equal(versions[v](0xffffffffu, buf + off, len), want);
 		}
 	}
 	free(buf);
