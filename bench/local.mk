@@ -9,7 +9,7 @@ bench_scripts += bench/planner-baselines.sh bench/planner-scale.sh bench/planner
 noinst_PROGRAMS += bench/nesa-quant-bench
 bench_nesa_quant_bench_SOURCES = bench/quant-bench.c
 bench_nesa_quant_bench_LDADD = $(NESA_LIBS)
-bench_scripts += bench/quantize-speed.sh
+bench_scripts += bench/quantize-speed.sh bench/decompose-speed.sh
 EXTRA_DIST += bench/accuracy.sh
 bench-accuracy: all
 	@NESA_DATA="$${NESA_DATA:-$${NESA_DATA_DIR:-$(NESA_DATA_DIR)}}"; \
@@ -17,6 +17,14 @@ bench-accuracy: all
 	NESA_DATA="$$NESA_DATA" NESA_BINDIR='$(abs_top_builddir)/tools' \
 	NESA_MODELS='$(abs_top_srcdir)/share/models' $(SHELL) $(srcdir)/bench/accuracy.sh
 .PHONY: bench-accuracy
+# The rank-against-perplexity curve of nesa-decompose: a table and an SVG plot in the build directory.
+EXTRA_DIST += bench/decompose-curve.sh
+bench-decompose: all
+	@NESA_DATA="$${NESA_DATA:-$${NESA_DATA_DIR:-$(NESA_DATA_DIR)}}"; \
+	test -n "$$NESA_DATA" || NESA_DATA='$(abs_top_srcdir)/../shared/data'; \
+	NESA_DATA="$$NESA_DATA" NESA_BINDIR='$(abs_top_builddir)/tools' \
+	NESA_BENCH_OUT='$(abs_top_builddir)' $(SHELL) $(srcdir)/bench/decompose-curve.sh
+.PHONY: bench-decompose
 EXTRA_DIST += bench/common.sh
 EXTRA_DIST += $(bench_scripts)
 bench: all

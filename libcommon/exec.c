@@ -55,6 +55,9 @@ struct nesa_exec {
 	size_t scratch_len;
 	size_t scratch_need_fixed; /* scratch independent of context length */
 	int64_t int8_in;           /* widest input of a linear_int8 op, 0 if none */
+	int64_t lr_in, lr_out, lr_r; /* largest in, out and rank of a low-rank linear op, 0 if none */
+	nesa_exec_tap_fn tap;      /* called before each matrix op, NULL for none */
+	void *tap_ctx;
 	int max_heads;             /* most heads of an attention op */
 	struct nesa_exec_stats stats;
 };
@@ -119,6 +122,13 @@ const struct nesa_graph *
 nesa_exec_graph(const struct nesa_exec *e)
 {
 	return e->g;
+}
+
+void
+nesa_exec_set_tap(struct nesa_exec *e, nesa_exec_tap_fn fn, void *ctx)
+{
+	e->tap = fn;
+	e->tap_ctx = ctx;
 }
 
 void
@@ -267,8 +277,14 @@ nesa_exec_new(const struct nesa_graph *g, const struct nesa_exec_opts *opts, str
 				e->kv_dim[op->cache] = (int64_t)op->n_kv_heads * op->head_dim;
 				e->kv_bytes_per_pos += 2u * (uint64_t)e->kv_dim[op->cache] * sizeof(float);
 			}
-			if (op->kind == NESA_OP_LINEAR && op->w[0]->dtype != NESA_F32)
+			if (op->kind == NESA_OP_LINEAR && op->w[0] != NULL && op->w[0]->dtype != NESA_F32)
 				need = (size_t)op->w[0]->shape[1];
+			if (op->kind == NESA_OP_LINEAR && op->w[2] != NULL) {
+				/* Low-rank scratch grows with the batch: keep the largest shapes. */
+				e->lr_in = x->row_elems > e->lr_in ? x->row_elems : e->lr_in;
+				e->lr_out = op->w[2]->shape[0] > e->lr_out ? op->w[2]->shape[0] : e->lr_out;
+				e->lr_r = op->w[2]->shape[1] > e->lr_r ? op->w[2]->shape[1] : e->lr_r;
+			}
 			if (op->kind == NESA_OP_LINEAR_INT8 && op->w[0]->shape[1] > e->int8_in)
 				e->int8_in = op->w[0]->shape[1];
 			if (op->kind == NESA_OP_CONV2D)
@@ -535,7 +551,12 @@ run_op(struct nesa_exec *e, const struct nesa_block *b, struct exec_block *xb,
 		               op->eps);
 		break;
 	case NESA_OP_LINEAR:
-		nesa_linear(x, rows, xe, op->w[0], op->w[1] != NULL ? op->w[1]->data : NULL, y, e->scratch);
+		if (op->w[2] != NULL)
+			nesa_linear_lowrank(x, rows, xe, op->w[0], op->w[2], op->w[3],
+			                    op->w[1] != NULL ? op->w[1]->data : NULL, y, e->scratch);
+		else
+			nesa_linear(x, rows, xe, op->w[0], op->w[1] != NULL ? op->w[1]->data : NULL, y,
+			            e->scratch);
 		break;
 	case NESA_OP_LINEAR_INT8:
 		nesa_linear_int8(x, rows, xe, op->w[0]->data, op->w[2]->data, op->w[0]->shape[0],
@@ -664,10 +685,12 @@ run_op(struct nesa_exec *e, const struct nesa_block *b, struct exec_block *xb,
 	return NESA_OK;
 }
 
+/* A plain f32 matrix-vector product: factorized and quantized ops run alone. */
 static bool
 fusable(const struct nesa_op *op)
 {
-	return op->kind == NESA_OP_LINEAR && !op->head && op->w[0]->dtype == NESA_F32;
+	return op->kind == NESA_OP_LINEAR && !op->head && op->w[0] != NULL && op->w[2] == NULL &&
+	       op->w[0]->dtype == NESA_F32;
 }
 
 /*
@@ -790,6 +813,8 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 	if (e->int8_in > 0 &&
 	    (int64_t)(nesa_linear_int8_scratch(total, e->int8_in) / sizeof(float) + 1) > max_ctx)
 		max_ctx = (int64_t)(nesa_linear_int8_scratch(total, e->int8_in) / sizeof(float) + 1);
+	if (e->lr_r > 0 && (int64_t)nesa_linear_lowrank_scratch(total, e->lr_in, e->lr_out, e->lr_r) > max_ctx)
+		max_ctx = (int64_t)nesa_linear_lowrank_scratch(total, e->lr_in, e->lr_out, e->lr_r);
 	if (s == NESA_OK)
 		s = ensure_scratch(e, e->scratch_need_fixed > (size_t)max_ctx ? e->scratch_need_fixed
 		                                                               : (size_t)max_ctx, err);
@@ -829,7 +854,11 @@ nesa_exec_run(struct nesa_exec *e, const struct nesa_seg *segs, int n_segs, cons
 				                 "block %d: attention after a head op is not supported", b->index);
 				goto done;
 			}
-			if (rows == 1 && fusable(op)) {
+			if (e->tap != NULL &&
+			    (op->kind == NESA_OP_LINEAR || op->kind == NESA_OP_LINEAR_INT8) &&
+			    (s = e->tap(e->tap_ctx, b, j, xb->buf[op->in[0]], rows, err)) != NESA_OK)
+				goto done;
+			if (rows == 1 && fusable(op) && e->tap == NULL) {
 				int m = fuse_linears(e, i, j, rows, err, &s);
 
 				if (s != NESA_OK)

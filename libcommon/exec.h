@@ -81,4 +81,15 @@ void nesa_exec_get_stats(const struct nesa_exec *e, struct nesa_exec_stats *st);
 /* The graph the executor runs. */
 const struct nesa_graph *nesa_exec_graph(const struct nesa_exec *e);
 
+/*
+ * A tap sees the input of every matrix op (linear, linear_int8) of a run
+ * just before the op: x (rows, in) of op op_index of block b.  It is how
+ * nesa-decompose collects calibration statistics.  A status other than
+ * NESA_OK (with err set) stops the run with it.  While a tap is set, ops
+ * run one by one (no fused matrix-vector products).  fn NULL removes it.
+ */
+typedef enum nesa_status (*nesa_exec_tap_fn)(void *ctx, const struct nesa_block *b, int op_index,
+                                             const float *x, int64_t rows, struct nesa_err *err);
+void nesa_exec_set_tap(struct nesa_exec *e, nesa_exec_tap_fn fn, void *ctx);
+
 #endif

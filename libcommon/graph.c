@@ -327,6 +327,43 @@ get_channels(struct ctx *c, const json_t *o, const char *key, int64_t n, float d
 	return NESA_OK;
 }
 
+/*
+ * The optional low-rank factors of a linear op: lowrank_a (out, r) into
+ * w[2] and lowrank_b (r, in) into w[3], both or neither, in a floating-point
+ * or quantized dtype, chaining as A (B x).  Checked here so a corrupt or
+ * mismatched pair fails at load time, never mid-run.
+ */
+static enum nesa_status
+get_lowrank(struct ctx *c, const json_t *jo, int64_t in, struct nesa_op *op)
+{
+	struct nesa_tensor *a, *b;
+	char sa[64], sb[64];
+	enum nesa_status s;
+	int k;
+
+	if ((s = get_weight(c, jo, "lowrank_a", false, 2, false, &a)) != NESA_OK ||
+	    (s = get_weight(c, jo, "lowrank_b", false, 2, false, &b)) != NESA_OK)
+		return s;
+	if ((a == NULL) != (b == NULL))
+		return fail(c, NESA_EFORMAT, "lowrank_a and lowrank_b go together");
+	if (a == NULL)
+		return NESA_OK;
+	for (k = 0; k < 2; k++) {
+		const struct nesa_tensor *t = k == 0 ? a : b;
+
+		if (!(nesa_dtype_traits(t->dtype)->flags & (NESA_DTYPE_FLOAT | NESA_DTYPE_QUANT)))
+			return fail(c, NESA_EUNSUPPORTED, "low-rank factor '%s' has dtype %s (a float or quantized type is needed)",
+			            t->name, nesa_dtype_name(t->dtype));
+	}
+	if (b->shape[1] != in || a->shape[1] != b->shape[0] || a->shape[1] < 1)
+		return fail(c, NESA_ESHAPE, "low-rank factors '%s' %s and '%s' %s do not fit: lowrank_a must be [out, r] and lowrank_b [r, %lld] with r >= 1",
+		            a->name, nesa_shape_str(a->ndim, a->shape, sa, sizeof sa), b->name,
+		            nesa_shape_str(b->ndim, b->shape, sb, sizeof sb), (long long)in);
+	op->w[2] = a;
+	op->w[3] = b;
+	return NESA_OK;
+}
+
 static enum nesa_status
 compile_op(struct ctx *c, const json_t *jo, struct nesa_op *op)
 {
@@ -458,23 +495,39 @@ compile_op(struct ctx *c, const json_t *jo, struct nesa_op *op)
 					return fail(c, NESA_EFORMAT, "weight '%s' holds -128 at element %lld (int8 weights are in [-127, 127])",
 					            op->w[0]->name, (long long)e);
 		}
+		op->head = json_is_true(json_object_get(jo, "head"));
 		shape[0] = op->w[0]->shape[0];
-		cost->flops_per_row += 2.0 * (double)op->w[0]->shape[0] * (double)op->w[0]->shape[1];
+		/* The int8 product over every column, plus the f32 product of the static outliers. */
+		cost->flops_per_row += 2.0 * (double)op->w[0]->shape[0] *
+		                       (double)(op->w[0]->shape[1] + (oi != NULL ? oi->shape[0] : 0));
 		break;
 	}
-	case NESA_OP_LINEAR:
+	case NESA_OP_LINEAR: {
+		int64_t out;
+
 		if (x->ndim != 1)
 			return fail(c, NESA_ESHAPE, "input must be a vector per row, got %s",
 			            value_shape(x, buf, sizeof buf));
-		if ((s = get_weight(c, jo, "weight", true, 2, false, &op->w[0])) != NESA_OK ||
+		if ((s = get_weight(c, jo, "weight", false, 2, false, &op->w[0])) != NESA_OK ||
 		    (s = expect_len(c, op->w[0], 1, x->shape[0])) != NESA_OK ||
+		    (s = get_lowrank(c, jo, x->shape[0], op)) != NESA_OK)
+			return s;
+		if (op->w[0] == NULL && op->w[2] == NULL)
+			return fail(c, NESA_EFORMAT, "missing weight reference 'weight' (or the factors 'lowrank_a' and 'lowrank_b')");
+		out = op->w[0] != NULL ? op->w[0]->shape[0] : op->w[2]->shape[0];
+		if ((s = expect_len(c, op->w[2], 0, out)) != NESA_OK ||
 		    (s = get_weight(c, jo, "bias", false, 1, true, &op->w[1])) != NESA_OK ||
-		    (s = expect_len(c, op->w[1], 0, op->w[0]->shape[0])) != NESA_OK)
+		    (s = expect_len(c, op->w[1], 0, out)) != NESA_OK)
 			return s;
 		op->head = json_is_true(json_object_get(jo, "head"));
-		shape[0] = op->w[0]->shape[0];
-		cost->flops_per_row += 2.0 * (double)op->w[0]->shape[0] * (double)op->w[0]->shape[1];
+		shape[0] = out;
+		if (op->w[0] != NULL)
+			cost->flops_per_row += 2.0 * (double)out * (double)x->shape[0];
+		/* x -> B x -> A (B x): r (in + out) multiply-adds, the planner's cost of a factorized matrix. */
+		if (op->w[2] != NULL)
+			cost->flops_per_row += 2.0 * (double)op->w[2]->shape[1] * (double)(x->shape[0] + out);
 		break;
+	}
 	case NESA_OP_ROPE:
 		if ((s = get_int(c, jo, "head_dim", INT64_MIN, 2, 65536, &v64)) != NESA_OK)
 			return s;
@@ -911,7 +964,7 @@ enum nesa_status
 nesa_graph_doc_weights(const json_t *doc, int first, int count, json_t **names, struct nesa_err *err)
 {
 	static const char *const keys[] = {"weight", "bias", "mean", "var", "scale",
-	                                   "outlier_weight", "outlier_index"};
+	                                   "outlier_weight", "outlier_index", "lowrank_a", "lowrank_b"};
 	json_t *blocks, *res;
 	int doc_first, n_blocks, i;
 	enum nesa_status s;

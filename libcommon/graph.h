@@ -30,7 +30,7 @@ enum nesa_op_kind {
 	NESA_OP_POS_EMBEDDING,  /* x + weight[pos] (learned absolute positions) */
 	NESA_OP_RMSNORM,        /* x / rms(x) * weight */
 	NESA_OP_LAYERNORM,      /* (x - mean) / std * weight + bias */
-	NESA_OP_LINEAR,         /* W x (+ b), W stored [out, in] */
+	NESA_OP_LINEAR,         /* W x (+ A (B x)) (+ b), W stored [out, in], optional factors */
 	NESA_OP_ROPE,           /* rotary positions, interleaved or half-split */
 	NESA_OP_ATTENTION,      /* causal GQA self-attention over a per-session KV cache */
 	NESA_OP_GELU,           /* x * Phi(x), erf form */
@@ -71,7 +71,9 @@ struct nesa_op {
 	/*
 	 * Weights resolved against the tensor set (borrowed): weight, bias,
 	 * for batch norm running mean and variance, for linear_int8 the row
-	 * scales, outlier weights and outlier column indices (w[2..4]).
+	 * scales, outlier weights and outlier column indices (w[2..4]), for
+	 * linear the low-rank factors A (out, r) and B (r, in) (w[2], w[3]).
+	 * A linear op with factors may have no weight: w[0] is then NULL.
 	 */
 	struct nesa_tensor *w[5];
 	bool head;              /* a model output head: may compute selected rows only */

@@ -9,6 +9,8 @@ libcommon_libnesacommon_la_SOURCES = \
 	libcommon/checksum.c libcommon/checksum.h \
 	libcommon/cli.c libcommon/cli.h \
 	libcommon/data.c libcommon/data.h \
+	libcommon/decompose.c libcommon/decompose.h \
+	libcommon/decompose-calib.c libcommon/decompose-model.c \
 	libcommon/dtype.c libcommon/dtype.h \
 	libcommon/err.c libcommon/err.h \
 	libcommon/eval.c libcommon/eval.h \

@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -84,6 +85,100 @@ nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *
 		for (r = 0; r < rows; r++)
 			for (o = 0; o < out; o++)
 				y[r * out + o] += b[o];
+}
+
+/* Rows shorter than this in a converted dtype leave the fused kernels (32-element activation blocks). */
+#define SHORT_ROW 32
+
+size_t
+nesa_linear_lowrank_scratch(int64_t rows, int64_t in, int64_t out, int64_t r)
+{
+	/*
+	 * t = x B^T (rows, r), u = t A^T (rows, out), then room for one
+	 * converted weight row (max(in, r)) or a whole factor with short rows,
+	 * A (out, r) or B (r, in), converted to f32 at once.
+	 */
+	int64_t conv = in > r ? in : r;
+
+	if (r < SHORT_ROW && out * r > conv)
+		conv = out * r;
+	if (in < SHORT_ROW && r * in > conv)
+		conv = r * in;
+	return (size_t)(rows * (r + out) + conv);
+}
+
+/*
+ * One factor's product in the fast version: nesa_linear, except for a
+ * factor whose rows are shorter than 32 in a converted dtype (A's rows of
+ * r, r often 8 or 16, in f16), which the fused kernels' 32-element
+ * activation blocks do not cover: that factor is converted to f32 into
+ * conv as a whole (one call, not one per row) and multiplied in f32.
+ */
+static void
+factor_linear(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *f, const float *b,
+              float *y, float *conv)
+{
+	struct nesa_tensor f32;
+
+	if (f->dtype == NESA_F32 || in >= SHORT_ROW ||
+	    nesa_tensor_init(&f32, NESA_F32, 2, f->shape, NULL) != NESA_OK) {
+		nesa_linear(x, rows, in, f, b, y, conv);
+		return;
+	}
+	nesa_tensor_to_f32(f, conv);
+	f32.data = conv;
+	nesa_linear(x, rows, in, &f32, b, y, NULL);
+}
+
+/* The low-rank product with either factor_linear or nesa_linear_ref for each factor. */
+static void
+linear_lowrank(bool fast, const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+               const struct nesa_tensor *a, const struct nesa_tensor *bf, const float *b, float *y,
+               float *scratch)
+{
+	const int64_t out = a->shape[0], r = a->shape[1];
+	float *t = scratch;            /* (rows, r) */
+	float *u = t + rows * r;       /* (rows, out) */
+	float *conv = u + rows * out;  /* (max(in, r)) */
+	int64_t i;
+
+	if (fast)
+		factor_linear(x, rows, in, bf, NULL, t, conv);
+	else
+		nesa_linear_ref(x, rows, in, bf, NULL, t);
+	/* Without a full weight the second factor writes y directly, bias included. */
+	if (w == NULL) {
+		if (fast)
+			factor_linear(t, rows, r, a, b, y, conv);
+		else
+			nesa_linear_ref(t, rows, r, a, b, y);
+		return;
+	}
+	if (fast) {
+		nesa_linear(x, rows, in, w, b, y, conv);
+		factor_linear(t, rows, r, a, NULL, u, conv);
+	} else {
+		nesa_linear_ref(x, rows, in, w, b, y);
+		nesa_linear_ref(t, rows, r, a, NULL, u);
+	}
+	for (i = 0; i < rows * out; i++)
+		y[i] += u[i];
+}
+
+void
+nesa_linear_lowrank(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                    const struct nesa_tensor *a, const struct nesa_tensor *bf, const float *b,
+                    float *y, float *scratch)
+{
+	linear_lowrank(true, x, rows, in, w, a, bf, b, y, scratch);
+}
+
+void
+nesa_linear_lowrank_ref(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                        const struct nesa_tensor *a, const struct nesa_tensor *bf, const float *b,
+                        float *y, float *scratch)
+{
+	linear_lowrank(false, x, rows, in, w, a, bf, b, y, scratch);
 }
 
 void

@@ -11,6 +11,7 @@
 #ifndef NESA_OPS_H
 #define NESA_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tensor.h"
@@ -25,6 +26,24 @@ void nesa_linear(const float *x, int64_t rows, int64_t in, const struct nesa_ten
                  const float *b, float *y, float *scratch);
 void nesa_linear_ref(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
                      const float *b, float *y);
+
+/*
+ * Low-rank linear: y (rows, out) = x W^T + (x B^T) A^T (+ b), with the
+ * factors A (out, r) and B (r, in) and the full weight W (out, in) optional
+ * (NULL: a pure low-rank product).  Each product is nesa_linear's, so every
+ * dtype it takes works for W, A and B (BLAS for f32); a factor with rows
+ * shorter than 32 in another dtype is converted row by row.  x B^T is computed
+ * once, so the cost is 2 r (in + out) FLOPs per row on top of W's.  scratch
+ * holds nesa_linear_lowrank_scratch(rows, in, out, r) floats.  The _ref
+ * version composes nesa_linear_ref the same way.
+ */
+size_t nesa_linear_lowrank_scratch(int64_t rows, int64_t in, int64_t out, int64_t r);
+void nesa_linear_lowrank(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                         const struct nesa_tensor *a, const struct nesa_tensor *bf, const float *b,
+                         float *y, float *scratch);
+void nesa_linear_lowrank_ref(const float *x, int64_t rows, int64_t in, const struct nesa_tensor *w,
+                             const struct nesa_tensor *a, const struct nesa_tensor *bf,
+                             const float *b, float *y, float *scratch);
 
 /*
  * Vectorised building blocks (ops-fast.c; AVX-512 or AVX2 when the CPU has

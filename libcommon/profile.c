@@ -441,7 +441,7 @@ block_weights(const struct nesa_block *b, double bytes[4], double *read)
 
 	bytes[0] = bytes[1] = bytes[2] = bytes[3] = *read = 0;
 	for (i = 0; i < b->n_ops; i++)
-		for (w = 0; w < 4; w++) {
+		for (w = 0; w < 5; w++) {
 			const struct nesa_tensor *t = b->ops[i].w[w];
 			bool seen = false, row_only = true;
 			double n;
@@ -450,14 +450,14 @@ block_weights(const struct nesa_block *b, double bytes[4], double *read)
 				continue;
 			/* Each distinct tensor once (as graph.c counts param_bytes). */
 			for (j = 0; j <= i && !seen; j++)
-				for (u = 0; u < (j == i ? w : 4); u++)
+				for (u = 0; u < (j == i ? w : 5); u++)
 					if (b->ops[j].w[u] == t)
 						seen = true;
 			if (seen)
 				continue;
 			/* A lookup table is read one row per token; any other use reads it all. */
 			for (j = 0; j < b->n_ops; j++)
-				for (u = 0; u < 4; u++)
+				for (u = 0; u < 5; u++)
 					if (b->ops[j].w[u] == t && b->ops[j].kind != NESA_OP_EMBEDDING &&
 					    b->ops[j].kind != NESA_OP_POS_EMBEDDING)
 						row_only = false;
@@ -487,7 +487,7 @@ block_dtype(const struct nesa_block *b)
 	int i, w, d, arg = -1;
 
 	for (i = 0; i < b->n_ops; i++)
-		for (w = 0; w < 4; w++)
+		for (w = 0; w < 5; w++)
 			if (b->ops[i].w[w] != NULL && (int)b->ops[i].w[w]->dtype < NESA_DTYPE_MAX)
 				by[b->ops[i].w[w]->dtype] += (double)b->ops[i].w[w]->nbytes;
 	for (d = 0; d < NESA_DTYPE_MAX; d++)

@@ -43,7 +43,8 @@ UNIT_TESTS = \
 	tests/unit/test-models \
 	tests/unit/test-planner \
 	tests/unit/test-profile \
-	tests/unit/test-quantize
+	tests/unit/test-quantize \
+	tests/unit/test-decompose
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_LDADD = $(NESA_LIBS) $(CMOCKA_LIBS)
@@ -86,6 +87,8 @@ tests_unit_test_profile_LDADD = $(UNIT_LDADD)
 tests_unit_test_profile_CPPFLAGS = $(UNIT_CPPFLAGS)
 tests_unit_test_quantize_LDADD = $(UNIT_LDADD)
 tests_unit_test_quantize_CPPFLAGS = $(UNIT_CPPFLAGS)
+tests_unit_test_decompose_LDADD = $(UNIT_LDADD)
+tests_unit_test_decompose_CPPFLAGS = $(UNIT_CPPFLAGS)
 endif
 
 CLI_TESTS = \
@@ -108,7 +111,9 @@ CLI_TESTS = \
 	tests/cli/partition-plan-many.sh \
 	tests/cli/quantize-errors.sh \
 	tests/cli/quantize-stories.sh \
-	tests/cli/quantize-stream.sh
+	tests/cli/quantize-stream.sh \
+	tests/cli/decompose-stories.sh \
+	tests/cli/decompose-errors.sh
 TESTS += $(CLI_TESTS)
 EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
 	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README \

@@ -3,7 +3,9 @@
  * Unit tests for graph compilation and the executor: a small random llama
  * against a naive full-recomputation reference written here, KV-cached
  * decoding against prefill, batching of sessions, head row selection,
- * splitting into block ranges, and the refusals.
+ * splitting into block ranges, the refusals, linear ops with low-rank
+ * factors (results, costs, refusals of factors that do not fit), the cost
+ * of linear_int8 outliers, and the executor tap.
  */
 #include "config.h"
 
@@ -472,6 +474,297 @@ test_costs(void **state)
 	nesa_tset_release(&m.ts);
 }
 
+/* The op object of the graph document whose "weight" is name. */
+static json_t *
+op_with_weight(json_t *doc, const char *name)
+{
+	json_t *blk, *op;
+	size_t i, j;
+
+	json_array_foreach(json_object_get(doc, "blocks"), i, blk)
+		json_array_foreach(json_object_get(blk, "ops"), j, op)
+			if (json_is_string(json_object_get(op, "weight")) &&
+			    strcmp(json_string_value(json_object_get(op, "weight")), name) == 0)
+				return op;
+	fail_msg("no op uses weight '%s'", name);
+	return NULL;
+}
+
+enum { R = 3 };
+
+/*
+ * Low-rank factors in a linear op: 0.wq is made exactly A B (A (DIM, R),
+ * B (R, DIM)) and 0.w1 is split into a residual weight plus factors, so the
+ * factorized graph must give the reference's logits, in prefill (BLAS) and
+ * one-token decoding (GEMV); its FLOP and byte costs change by the
+ * factors' and nothing else.
+ */
+static void
+test_lowrank(void **state)
+{
+	struct model m;
+	struct nesa_graph *g, *g0;
+	struct nesa_exec *e;
+	struct nesa_err err;
+	float ref[12 * VOCAB], *a, *b, *wq, *w1, *a1, *b1, *res;
+	const float *out[1];
+	const void *in[1];
+	json_t *doc;
+	uint64_t seed = 5;
+	int64_t rows;
+	int i, j, t;
+
+	(void)state;
+	build(&m);
+	assert_int_equal(nesa_graph_compile(m.doc, &m.ts, 0, -1, &g0, &err), NESA_OK);
+	a = add(&m, "0.wq.a", DIM, R, &seed, 0.5f, 0);
+	b = add(&m, "0.wq.b", R, DIM, &seed, 0.5f, 0);
+	a1 = add(&m, "0.w1.a", HID, R, &seed, 0.2f, 0);
+	b1 = add(&m, "0.w1.b", R, DIM, &seed, 0.2f, 0);
+	res = add(&m, "0.w1.res", HID, DIM, &seed, 0, 0);
+	wq = (float *)W(&m, "0.wq");
+	w1 = (float *)W(&m, "0.w1");
+	for (i = 0; i < DIM; i++)
+		for (j = 0; j < DIM; j++) {
+			double s = 0;
+
+			for (t = 0; t < R; t++)
+				s += (double)a[i * R + t] * b[t * DIM + j];
+			wq[i * DIM + j] = (float)s;
+		}
+	for (i = 0; i < HID; i++)
+		for (j = 0; j < DIM; j++) {
+			double s = 0;
+
+			for (t = 0; t < R; t++)
+				s += (double)a1[i * R + t] * b1[t * DIM + j];
+			res[i * DIM + j] = w1[i * DIM + j] - (float)s;
+		}
+	reference(&m, seq_a, 12, ref);
+	doc = json_deep_copy(m.doc);
+	{
+		json_t *op = op_with_weight(doc, "0.wq");
+
+		json_object_del(op, "weight");
+		json_object_set_new(op, "lowrank_a", json_string("0.wq.a"));
+		json_object_set_new(op, "lowrank_b", json_string("0.wq.b"));
+		op = op_with_weight(doc, "0.w1");
+		json_object_set_new(op, "weight", json_string("0.w1.res"));
+		json_object_set_new(op, "lowrank_a", json_string("0.w1.a"));
+		json_object_set_new(op, "lowrank_b", json_string("0.w1.b"));
+	}
+	assert_int_equal(nesa_graph_compile(doc, &m.ts, 0, -1, &g, &err), NESA_OK);
+	/* wq: 2 DIM DIM becomes 2 R (DIM + DIM); w1 adds 2 R (DIM + HID) to its weight's. */
+	assert_true(fabs(g->blocks[1].cost.flops_per_row -
+	                 (g0->blocks[1].cost.flops_per_row - 2.0 * DIM * DIM + 2.0 * R * (2 * DIM) +
+	                  2.0 * R * (DIM + HID))) < 1e-6);
+	assert_int_equal(g->blocks[1].cost.param_bytes,
+	                 g0->blocks[1].cost.param_bytes - DIM * DIM * 4 + 4 * R * (2 * DIM + DIM + HID));
+	assert_int_equal(nesa_exec_new(g, NULL, &e, &err), NESA_OK);
+	{
+		struct nesa_seg sg = {1, 0, 12, false};
+
+		in[0] = seq_a;
+		assert_int_equal(nesa_exec_run(e, &sg, 1, in, out, &rows, &err), NESA_OK);
+		assert_close(out[0], ref, 12 * VOCAB);
+	}
+	for (t = 0; t < 12; t++) {
+		struct nesa_seg one = {2, (uint32_t)t, 1, true};
+
+		in[0] = &seq_a[t];
+		assert_int_equal(nesa_exec_run(e, &one, 1, in, out, &rows, &err), NESA_OK);
+		assert_close(out[0], ref + t * VOCAB, VOCAB);
+	}
+	nesa_exec_free(e);
+	nesa_graph_free(g);
+	nesa_graph_free(g0);
+	json_decref(doc);
+	json_decref(m.doc);
+	nesa_tset_release(&m.ts);
+}
+
+/* Factors that do not fit their op, or each other, are refused at compile time. */
+static void
+test_lowrank_refusals(void **state)
+{
+	static const struct {
+		const char *a, *b, *weight; /* NULL: key absent */
+		enum nesa_status s;
+		const char *msg;
+	} cases[] = {
+		{"0.wq.a", NULL, NULL, NESA_EFORMAT, "lowrank_a and lowrank_b go together"},
+		{NULL, "0.wq.b", "0.wq", NESA_EFORMAT, "lowrank_a and lowrank_b go together"},
+		{NULL, NULL, NULL, NESA_EFORMAT, "missing weight reference 'weight' (or the factors"},
+		{"0.wq.a", "r4.b", NULL, NESA_ESHAPE, "low-rank factors '0.wq.a' [16, 3] and 'r4.b' [4, 16] do not fit"},
+		{"0.wq.a", "wide.b", NULL, NESA_ESHAPE, "lowrank_b [r, 16]"},
+		{"tall.a", "0.wq.b", "0.wq", NESA_ESHAPE, "weight 'tall.a' has shape [18, 3]; dimension 0 must be 16"},
+		{"0.wq.a", "0.wq.b", "0.w1", NESA_ESHAPE, "weight '0.wq.a' has shape [16, 3]; dimension 0 must be 24"},
+		{"int.a", "0.wq.b", NULL, NESA_EUNSUPPORTED, "low-rank factor 'int.a' has dtype i32"},
+		{"0.wq.a", "vec.b", NULL, NESA_ESHAPE, "weight 'vec.b' has 1 dimensions, expected 2"},
+	};
+	struct model m;
+	struct nesa_graph *g;
+	struct nesa_err err;
+	uint64_t seed = 9;
+	size_t i;
+
+	(void)state;
+	build(&m);
+	add(&m, "0.wq.a", DIM, R, &seed, 0.5f, 0);
+	add(&m, "0.wq.b", R, DIM, &seed, 0.5f, 0);
+	add(&m, "r4.b", R + 1, DIM, &seed, 0.5f, 0);
+	add(&m, "wide.b", R, DIM + 2, &seed, 0.5f, 0);
+	add(&m, "tall.a", DIM + 2, R, &seed, 0.5f, 0);
+	add(&m, "vec.b", R, 0, &seed, 0.5f, 0);
+	{
+		struct nesa_tensor *t;
+		const int64_t shape[2] = {DIM, R};
+
+		assert_int_equal(nesa_tset_alloc(&m.ts, "int.a", NESA_I32, 2, shape, &t, NULL), NESA_OK);
+	}
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		json_t *doc = json_deep_copy(m.doc), *op = op_with_weight(doc, "0.wq");
+
+		json_object_del(op, "weight");
+		if (cases[i].weight != NULL)
+			json_object_set_new(op, "weight", json_string(cases[i].weight));
+		if (cases[i].a != NULL)
+			json_object_set_new(op, "lowrank_a", json_string(cases[i].a));
+		if (cases[i].b != NULL)
+			json_object_set_new(op, "lowrank_b", json_string(cases[i].b));
+		g = NULL;
+		assert_int_equal(nesa_graph_compile(doc, &m.ts, 0, -1, &g, &err), cases[i].s);
+		assert_null(g);
+		if (strstr(err.msg, cases[i].msg) == NULL)
+			fail_msg("case %zu: '%s' lacks '%s'", i, err.msg, cases[i].msg);
+		assert_non_null(strstr(err.msg, "block 1 ('layer.0') op"));
+		json_decref(doc);
+	}
+	json_decref(m.doc);
+	nesa_tset_release(&m.ts);
+}
+
+/* A linear_int8 op's FLOPs: the int8 product over every column plus the f32 outlier columns. */
+static void
+test_int8_costs(void **state)
+{
+	struct model m;
+	struct nesa_graph *g, *g0;
+	struct nesa_tensor *t;
+	json_t *doc, *op;
+	const int64_t sq[2] = {DIM, DIM}, so[2] = {DIM, 2}, k = 2;
+	int32_t *oi;
+
+	(void)state;
+	build(&m);
+	assert_int_equal(nesa_graph_compile(m.doc, &m.ts, 0, -1, &g0, NULL), NESA_OK);
+	assert_int_equal(nesa_tset_alloc(&m.ts, "q.i8", NESA_I8, 2, sq, &t, NULL), NESA_OK);
+	assert_int_equal(nesa_tset_alloc(&m.ts, "q.scale", NESA_F32, 1, sq, &t, NULL), NESA_OK);
+	assert_int_equal(nesa_tset_alloc(&m.ts, "q.ow", NESA_F32, 2, so, &t, NULL), NESA_OK);
+	assert_int_equal(nesa_tset_alloc(&m.ts, "q.oi", NESA_I32, 1, &k, &t, NULL), NESA_OK);
+	oi = t->data;
+	oi[0] = 2;
+	oi[1] = 9;
+	doc = json_deep_copy(m.doc);
+	op = op_with_weight(doc, "0.wq");
+	json_object_set_new(op, "op", json_string("linear_int8"));
+	json_object_set_new(op, "weight", json_string("q.i8"));
+	json_object_set_new(op, "scale", json_string("q.scale"));
+	json_object_set_new(op, "outlier_weight", json_string("q.ow"));
+	json_object_set_new(op, "outlier_index", json_string("q.oi"));
+	assert_int_equal(nesa_graph_compile(doc, &m.ts, 0, -1, &g, NULL), NESA_OK);
+	assert_true(fabs(g->blocks[1].cost.flops_per_row -
+	                 (g0->blocks[1].cost.flops_per_row + 2.0 * DIM * k)) < 1e-6);
+	/* i8 weights, f32 scales and outlier weights, i32 indices, each counted. */
+	assert_int_equal(g->blocks[1].cost.param_bytes, g0->blocks[1].cost.param_bytes - DIM * DIM * 4 +
+	                                                    DIM * DIM + DIM * 4 + DIM * k * 4 + k * 4);
+	nesa_graph_free(g);
+	nesa_graph_free(g0);
+	json_decref(doc);
+	json_decref(m.doc);
+	nesa_tset_release(&m.ts);
+}
+
+struct tap_log {
+	int calls, fail_at;
+	int64_t rows;
+	double sum;
+};
+
+static enum nesa_status
+tap(void *ctx, const struct nesa_block *b, int op_index, const float *x, int64_t rows, struct nesa_err *err)
+{
+	struct tap_log *l = ctx;
+	const struct nesa_op *op = &b->ops[op_index];
+	int64_t i;
+
+	assert_true(op->kind == NESA_OP_LINEAR || op->kind == NESA_OP_LINEAR_INT8);
+	l->calls++;
+	l->rows += rows;
+	for (i = 0; i < rows * b->values[op->in[0]].row_elems; i++)
+		l->sum += x[i];
+	if (l->calls == l->fail_at)
+		return nesa_err_set(err, NESA_EINVAL, "tap refused block %d op %d", b->index, op_index);
+	return NESA_OK;
+}
+
+/*
+ * The executor tap sees every matrix op's input (7 per layer, and the
+ * head), leaves the results alone although it turns op fusion off, and
+ * stops a run with its status.
+ */
+static void
+test_tap(void **state)
+{
+	struct model m;
+	struct nesa_graph *g;
+	struct nesa_exec *e;
+	struct nesa_err err;
+	struct tap_log log = {0};
+	float ref[12 * VOCAB];
+	const float *out[1];
+	const void *in[1];
+	int64_t rows;
+	int t;
+
+	(void)state;
+	build(&m);
+	reference(&m, seq_a, 12, ref);
+	assert_int_equal(nesa_graph_compile(m.doc, &m.ts, 0, -1, &g, &err), NESA_OK);
+	assert_int_equal(nesa_exec_new(g, NULL, &e, &err), NESA_OK);
+	nesa_exec_set_tap(e, tap, &log);
+	for (t = 0; t < 12; t++) {
+		struct nesa_seg one = {1, (uint32_t)t, 1, false};
+
+		in[0] = &seq_a[t];
+		assert_int_equal(nesa_exec_run(e, &one, 1, in, out, &rows, &err), NESA_OK);
+		assert_close(out[0], ref + t * VOCAB, VOCAB);
+	}
+	assert_int_equal(log.calls, 12 * (7 * LAYERS + 1));
+	assert_int_equal(log.rows, 12 * (7 * LAYERS + 1));
+	assert_true(log.sum != 0);
+	log.fail_at = log.calls + 3;
+	{
+		struct nesa_seg sg = {2, 0, 4, false};
+
+		in[0] = seq_a;
+		assert_int_equal(nesa_exec_run(e, &sg, 1, in, out, &rows, &err), NESA_EINVAL);
+		assert_string_equal(err.msg, "tap refused block 1 op 3"); /* wq, wk, wv */
+	}
+	/* Without the tap, the same batch runs. */
+	nesa_exec_set_tap(e, NULL, NULL);
+	{
+		struct nesa_seg sg = {2, 0, 4, false};
+
+		assert_int_equal(nesa_exec_run(e, &sg, 1, in, out, &rows, &err), NESA_OK);
+		assert_close(out[0], ref, 4 * VOCAB);
+	}
+	nesa_exec_free(e);
+	nesa_graph_free(g);
+	json_decref(m.doc);
+	nesa_tset_release(&m.ts);
+}
+
 int
 main(void)
 {
@@ -481,6 +774,10 @@ main(void)
 		cmocka_unit_test(test_split_ranges),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_costs),
+		cmocka_unit_test(test_lowrank),
+		cmocka_unit_test(test_lowrank_refusals),
+		cmocka_unit_test(test_int8_costs),
+		cmocka_unit_test(test_tap),
 	};
 
 	return cmocka_run_group_tests_name("exec", tests, NULL, NULL);

@@ -67,6 +67,75 @@ test_linear_against_ref(void **state)
 	}
 }
 
+/*
+ * Low-rank linear: y = x W^T + (x B^T) A^T + b against the explicit
+ * product with W + A B formed in double, with and without W, the bias,
+ * f32 and f16 factors, one row (our GEMV) and several (BLAS); the fast
+ * kernel against its _ref.
+ */
+static void
+test_linear_lowrank(void **state)
+{
+	enum { IN = 40, OUT = 24, R = 5, ROWS = 4 };
+	static const int dtypes[] = {NESA_F32, NESA_F16};
+	const int64_t sw[2] = {OUT, IN}, sa[2] = {OUT, R}, sb[2] = {R, IN};
+	uint64_t seed = 11;
+	size_t d;
+
+	(void)state;
+	for (d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++) {
+		struct nesa_tensor *w = nesa_tensor_new("w", dtypes[d], 2, sw, NULL);
+		struct nesa_tensor *a = nesa_tensor_new("a", dtypes[d], 2, sa, NULL);
+		struct nesa_tensor *bt = nesa_tensor_new("b", dtypes[d], 2, sb, NULL);
+		float wf[OUT * IN], af[OUT * R], bf[R * IN], x[ROWS * IN], bias[OUT];
+		float y[ROWS * OUT], y2[ROWS * OUT], ref[ROWS * OUT];
+		float scratch[ROWS * (R + OUT) + OUT * R]; /* A converted whole: rows of R < 32 */
+		int64_t rows;
+		int with_w, o, i, r, t;
+
+		assert_non_null(w);
+		assert_non_null(a);
+		assert_non_null(bt);
+		assert_true(nesa_linear_lowrank_scratch(ROWS, IN, OUT, R) <= sizeof scratch / sizeof scratch[0]);
+		fill(wf, OUT * IN, &seed);
+		fill(af, OUT * R, &seed);
+		fill(bf, R * IN, &seed);
+		fill(x, ROWS * IN, &seed);
+		fill(bias, OUT, &seed);
+		/* What the tensors hold, decoded, is what the products must use. */
+		nesa_dtype_traits(dtypes[d])->from_f32(wf, w->data, OUT * IN);
+		nesa_dtype_traits(dtypes[d])->from_f32(af, a->data, OUT * R);
+		nesa_dtype_traits(dtypes[d])->from_f32(bf, bt->data, R * IN);
+		nesa_tensor_to_f32(w, wf);
+		nesa_tensor_to_f32(a, af);
+		nesa_tensor_to_f32(bt, bf);
+		for (with_w = 0; with_w < 2; with_w++)
+			for (rows = 1; rows <= ROWS; rows += ROWS - 1) {
+				for (r = 0; r < rows; r++)
+					for (o = 0; o < OUT; o++) {
+						double s = bias[o];
+
+						for (i = 0; i < IN; i++) {
+							double wab = with_w ? wf[o * IN + i] : 0.0;
+
+							for (t = 0; t < R; t++)
+								wab += (double)af[o * R + t] * bf[t * IN + i];
+							s += wab * x[r * IN + i];
+						}
+						ref[r * OUT + o] = (float)s;
+					}
+				nesa_linear_lowrank(x, rows, IN, with_w ? w : NULL, a, bt, bias, y, scratch);
+				nesa_linear_lowrank_ref(x, rows, IN, with_w ? w : NULL, a, bt, bias, y2, scratch);
+				assert_close(y, ref, rows * OUT, ATOL, RTOL);
+				assert_close(y2, ref, rows * OUT, ATOL, RTOL);
+				assert_close(y, y2, rows * OUT, ATOL, RTOL);
+			}
+		nesa_tensor_free(w);
+		nesa_tensor_free(a);
+		nesa_tensor_free(bt);
+	}
+}
+
 static void
 test_conv2d_against_ref(void **state)
 {
@@ -395,6 +464,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_linear_against_ref),
+		cmocka_unit_test(test_linear_lowrank),
 		cmocka_unit_test(test_conv2d_against_ref),
 		cmocka_unit_test(test_known_values),
 		cmocka_unit_test(test_norms),
