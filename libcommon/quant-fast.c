@@ -1415,7 +1415,8 @@ nesa_matmul(int dtype, const void *w, size_t stride, int64_t out, int64_t in, co
 	if (rows >= GEMM_ROWS && mm_gemm(&m))
 		return;
 	per_row = (in / 32) * (int64_t)sizeof(struct nesa_block_q8x);
-	fit = XQ_STACK_BYTES / per_row;
+	/* Rows shorter than one 32-value block (f16 inputs of width < 32) have no q8 form. */
+	fit = per_row > 0 ? XQ_STACK_BYTES / per_row : 0;
 	if (!int_path(dtype) || fit == 0) {
 		/* Rows too long for the stack go the float way: still exact to the weights. */
 		nesa_parallel_for(out, mm_grain(in, rows), mm_float, &m);
