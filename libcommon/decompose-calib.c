@@ -17,6 +17,7 @@
 #include "alloc.h"
 #include "data.h"
 #include "decompose.h"
+#include "eval.h"
 #include "exec.h"
 #include "log.h"
 #include "tokenizer.h"
@@ -223,59 +224,6 @@ tap(void *ctx, const struct nesa_block *b, int op_index, const float *x, int64_t
 	return nesa_calib_add(ctx, b->index, b->ops[op_index].in[0], x, rows, err);
 }
 
-/*
- * The calibration text's tokens, paragraph by paragraph with BOS as the
- * perplexity protocol has them, stopping once limit tokens are there.
- */
-static enum nesa_status
-text_tokens(const struct nesa_tokenizer *tok, const char *text, size_t len, int64_t limit,
-            int32_t **out, int64_t *n_out, struct nesa_err *err)
-{
-	int32_t *all = NULL;
-	int64_t n = 0, cap = 0;
-	size_t pos = 0;
-	enum nesa_status s = NESA_OK;
-
-	while (pos < len && n < limit) {
-		const char *p = text + pos, *brk = strstr(p, "\n\n");
-		size_t plen = brk != NULL ? (size_t)(brk - p) : len - pos, n_ids;
-		int32_t *ids;
-
-		pos += plen + (brk != NULL ? 2 : 0);
-		while (plen > 0 && strchr(" \t\r\n", *p) != NULL)
-			p++, plen--;
-		while (plen > 0 && strchr(" \t\r\n", p[plen - 1]) != NULL)
-			plen--;
-		if (plen == 0)
-			continue;
-		s = nesa_tokenizer_encode(tok, p, plen, NESA_TOK_BOS, &ids, &n_ids, err);
-		if (s != NESA_OK)
-			break;
-		if (n + (int64_t)n_ids > cap) {
-			int64_t ncap = cap > 0 ? 2 * (n + (int64_t)n_ids) : limit + (int64_t)n_ids;
-			int32_t *nb = nesa_realloc(all, (size_t)ncap * sizeof *nb);
-
-			if (nb == NULL) {
-				nesa_free(ids);
-				s = nesa_err_set(err, NESA_ENOMEM, "out of memory");
-				break;
-			}
-			all = nb;
-			cap = ncap;
-		}
-		memcpy(all + n, ids, n_ids * sizeof *ids);
-		n += (int64_t)n_ids;
-		nesa_free(ids);
-	}
-	if (s != NESA_OK) {
-		nesa_free(all);
-		return s;
-	}
-	*out = all;
-	*n_out = n < limit ? n : limit;
-	return NESA_OK;
-}
-
 /* Text: windows of the context (at most 512 tokens), several per run, each its own session. */
 static enum nesa_status
 run_text(struct nesa_calib *c, struct nesa_model *m, const struct nesa_graph *g, struct nesa_exec *e,
@@ -288,6 +236,7 @@ run_text(struct nesa_calib *c, struct nesa_model *m, const struct nesa_graph *g,
 	size_t len;
 	int32_t *toks = NULL;
 	int64_t n_toks = 0, start = 0;
+	size_t n_read = 0;
 	enum nesa_status s;
 
 	if (m->tok == NULL)
@@ -295,8 +244,10 @@ run_text(struct nesa_calib *c, struct nesa_model *m, const struct nesa_graph *g,
 		                    c->o.path);
 	s = nesa_read_file(c->o.path, (size_t)1 << 31, &text, &len, err);
 	if (s == NESA_OK)
-		s = text_tokens(m->tok, text, len, c->o.limit > 0 ? c->o.limit : DEFAULT_TOKENS, &toks,
-		                &n_toks, err);
+		s = nesa_tokenize_paragraphs(m->tok, text, len,
+		                             (size_t)(c->o.limit > 0 ? c->o.limit : DEFAULT_TOKENS), &toks,
+		                             &n_read, err);
+	n_toks = (int64_t)n_read;
 	nesa_free(text);
 	if (s == NESA_OK && n_toks == 0)
 		s = nesa_err_set(err, NESA_EINVAL, "cannot calibrate with '%s': it holds no text", c->o.path);

@@ -448,16 +448,15 @@ run_retry(struct nesa_chain *c, const struct nesa_seg *segs, int n_segs, const v
 	return s;
 }
 
-/* Appends the tokens of each non-empty paragraph, BOS first. */
-static enum nesa_status
-tokenize_paragraphs(const struct nesa_tokenizer *tok, const char *text, size_t len, int32_t **all,
-                    size_t *n_all, struct nesa_err *err)
+enum nesa_status
+nesa_tokenize_paragraphs(const struct nesa_tokenizer *tok, const char *text, size_t len, size_t limit,
+                         int32_t **all, size_t *n_all, struct nesa_err *err)
 {
 	size_t pos = 0, cap = 0, n = 0;
 	int32_t *buf = NULL;
 	enum nesa_status s = NESA_OK;
 
-	while (pos < len) {
+	while (pos < len && (limit == 0 || n < limit)) {
 		const char *p = text + pos, *end = NULL;
 		size_t plen, k;
 		int32_t *ids;
@@ -504,7 +503,7 @@ tokenize_paragraphs(const struct nesa_tokenizer *tok, const char *text, size_t l
 		return s;
 	}
 	*all = buf;
-	*n_all = n;
+	*n_all = limit > 0 && n > limit ? limit : n;
 	return NESA_OK;
 }
 
@@ -533,7 +532,7 @@ nesa_perplexity(struct nesa_chain *c, const struct nesa_tokenizer *tok, const ch
 		return nesa_err_set(err, NESA_EINVAL, "window of %d tokens scores nothing", window);
 	if (o->max_bytes > 0 && (size_t)o->max_bytes < len)
 		len = (size_t)o->max_bytes;
-	s = tokenize_paragraphs(tok, text, len, &toks, &n_toks, err);
+	s = nesa_tokenize_paragraphs(tok, text, len, 0, &toks, &n_toks, err);
 	if (s != NESA_OK)
 		return s;
 	segs = nesa_calloc((size_t)batch, sizeof *segs);

@@ -107,6 +107,15 @@ struct nesa_ppl_result {
 };
 
 /*
+ * The tokens of text as the perplexity protocol has them: each non-empty
+ * paragraph (cut at "\n\n", surrounding whitespace removed) encoded with
+ * BOS, concatenated.  With limit > 0, encoding stops once limit tokens are
+ * there and *n_all is at most limit.  *all is freed with nesa_free.
+ */
+enum nesa_status nesa_tokenize_paragraphs(const struct nesa_tokenizer *tok, const char *text, size_t len,
+                                          size_t limit, int32_t **all, size_t *n_all, struct nesa_err *err);
+
+/*
  * Perplexity of text under the protocol of nesa-route(1): the text is cut
  * into paragraphs at blank lines ("\n\n"), each paragraph with surrounding
  * whitespace removed is encoded with BOS, empty paragraphs are skipped, the
