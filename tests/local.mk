@@ -115,7 +115,7 @@ CLI_TESTS = \
 	tests/cli/decompose-stories.sh \
 	tests/cli/decompose-errors.sh
 TESTS += $(CLI_TESTS)
-EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/cmocka-tap.sh \
+EXTRA_DIST += $(CLI_TESTS) tests/cli/lib.sh tests/unit/testutil.h tests/unit/testmodel.h tests/unit/cmocka-tap.sh \
 	tests/data/tokenizer/vocab.json tests/data/tokenizer/merges.txt tests/data/tokenizer/README \
 	tests/data/story_ref_tokens.i32 tests/data/story_ref_logits.f32 \
 	tests/data/hf-gpt2/README.md tests/data/hf-gpt2/config.json tests/data/hf-gpt2/merges.txt \

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "testmodel.h"
 
 #include "arch.h"
 #include "decompose.h"
@@ -664,39 +665,6 @@ test_calib_stats(void **state)
 }
 
 /* A small llama built by hand (as test-quantize.c's), with a separate output head. */
-static const char *
-namer(void *ctx, enum nesa_lm_role role, int layer, char *buf, size_t size)
-{
-	static const char *const n[] = {
-		[NESA_LM_EMBED] = "emb", [NESA_LM_ATTN_NORM] = "an", [NESA_LM_WQ] = "wq",
-		[NESA_LM_WK] = "wk", [NESA_LM_WV] = "wv", [NESA_LM_WO] = "wo", [NESA_LM_FFN_NORM] = "fn",
-		[NESA_LM_W1] = "w1", [NESA_LM_W2] = "w2", [NESA_LM_W3] = "w3", [NESA_LM_NORM] = "norm",
-		[NESA_LM_OUTPUT] = "out",
-	};
-
-	(void)ctx;
-	if ((size_t)role >= sizeof n / sizeof n[0] || n[role] == NULL)
-		return NULL;
-	if (layer < 0)
-		snprintf(buf, size, "%s", n[role]);
-	else
-		snprintf(buf, size, "%d.%s", layer, n[role]);
-	return buf;
-}
-
-static void
-add(struct nesa_tset *ts, const char *name, int64_t a, int64_t b, uint64_t *seed)
-{
-	struct nesa_tensor *t;
-	int64_t shape[2] = {a, b}, i;
-	float *d;
-
-	assert_int_equal(nesa_tset_alloc(ts, name, NESA_F32, b > 0 ? 2 : 1, shape, &t, NULL), NESA_OK);
-	d = t->data;
-	for (i = 0; i < a * (b > 0 ? b : 1); i++)
-		d[i] = b > 0 ? 0.3f * test_randf(seed) : 1.0f + 0.1f * test_randf(seed);
-}
-
 static void
 make_model(struct nesa_model *m, struct nesa_tset *ts)
 {
@@ -707,26 +675,26 @@ make_model(struct nesa_model *m, struct nesa_tset *ts)
 	int l;
 
 	nesa_tset_init(ts);
-	add(ts, "emb", VOCAB, DIM, &seed);
+	test_add_weight(ts, "emb", VOCAB, DIM, &seed);
 	for (l = 0; l < LAYERS; l++) {
-		snprintf(n, sizeof n, "%d.an", l), add(ts, n, DIM, 0, &seed);
-		snprintf(n, sizeof n, "%d.wq", l), add(ts, n, DIM, DIM, &seed);
-		snprintf(n, sizeof n, "%d.wk", l), add(ts, n, KV * DIM / HEADS, DIM, &seed);
-		snprintf(n, sizeof n, "%d.wv", l), add(ts, n, KV * DIM / HEADS, DIM, &seed);
-		snprintf(n, sizeof n, "%d.wo", l), add(ts, n, DIM, DIM, &seed);
-		snprintf(n, sizeof n, "%d.fn", l), add(ts, n, DIM, 0, &seed);
-		snprintf(n, sizeof n, "%d.w1", l), add(ts, n, HID, DIM, &seed);
-		snprintf(n, sizeof n, "%d.w2", l), add(ts, n, DIM, HID, &seed);
-		snprintf(n, sizeof n, "%d.w3", l), add(ts, n, HID, DIM, &seed);
+		snprintf(n, sizeof n, "%d.an", l), test_add_weight(ts, n, DIM, 0, &seed);
+		snprintf(n, sizeof n, "%d.wq", l), test_add_weight(ts, n, DIM, DIM, &seed);
+		snprintf(n, sizeof n, "%d.wk", l), test_add_weight(ts, n, KV * DIM / HEADS, DIM, &seed);
+		snprintf(n, sizeof n, "%d.wv", l), test_add_weight(ts, n, KV * DIM / HEADS, DIM, &seed);
+		snprintf(n, sizeof n, "%d.wo", l), test_add_weight(ts, n, DIM, DIM, &seed);
+		snprintf(n, sizeof n, "%d.fn", l), test_add_weight(ts, n, DIM, 0, &seed);
+		snprintf(n, sizeof n, "%d.w1", l), test_add_weight(ts, n, HID, DIM, &seed);
+		snprintf(n, sizeof n, "%d.w2", l), test_add_weight(ts, n, DIM, HID, &seed);
+		snprintf(n, sizeof n, "%d.w3", l), test_add_weight(ts, n, HID, DIM, &seed);
 	}
-	add(ts, "norm", DIM, 0, &seed);
-	add(ts, "out", VOCAB, DIM, &seed);
+	test_add_weight(ts, "norm", DIM, 0, &seed);
+	test_add_weight(ts, "out", VOCAB, DIM, &seed);
 	memset(m, 0, sizeof *m);
 	m->path = (char *)"tiny.bin";
 	m->format = "graph";
 	m->name = (char *)"tiny";
 	m->arch = (char *)"llama";
-	m->graph = nesa_llama_graph(&hp, namer, NULL, "tiny");
+	m->graph = nesa_llama_graph(&hp, test_lm_namer, NULL, "tiny");
 	m->meta = json_object();
 	m->weights = ts;
 	assert_non_null(m->graph);

@@ -13,32 +13,13 @@
 #include <stdio.h>
 
 #include "testutil.h"
+#include "testmodel.h"
 
 #include "arch.h"
 #include "exec.h"
 #include "graph.h"
 
 enum { DIM = 16, HID = 24, LAYERS = 2, HEADS = 4, KV = 2, VOCAB = 20, CTX = 32, HD = DIM / HEADS };
-
-static const char *
-namer(void *ctx, enum nesa_lm_role role, int layer, char *buf, size_t size)
-{
-	static const char *const n[] = {
-		[NESA_LM_EMBED] = "emb", [NESA_LM_ATTN_NORM] = "an", [NESA_LM_WQ] = "wq",
-		[NESA_LM_WK] = "wk", [NESA_LM_WV] = "wv", [NESA_LM_WO] = "wo", [NESA_LM_FFN_NORM] = "fn",
-		[NESA_LM_W1] = "w1", [NESA_LM_W2] = "w2", [NESA_LM_W3] = "w3", [NESA_LM_NORM] = "norm",
-		[NESA_LM_OUTPUT] = "out",
-	};
-
-	(void)ctx;
-	if ((size_t)role >= sizeof n / sizeof n[0] || n[role] == NULL)
-		return NULL;
-	if (layer < 0)
-		snprintf(buf, size, "%s", n[role]);
-	else
-		snprintf(buf, size, "%d.%s", layer, n[role]);
-	return buf;
-}
 
 struct model {
 	struct nesa_tset ts;
@@ -83,7 +64,7 @@ build(struct model *m)
 	}
 	add(m, "norm", DIM, 0, &seed, 0.1f, 1);
 	add(m, "out", VOCAB, DIM, &seed, 0.5f, 0);
-	m->doc = nesa_llama_graph(&hp, namer, NULL, "tiny");
+	m->doc = nesa_llama_graph(&hp, test_lm_namer, NULL, "tiny");
 	assert_non_null(m->doc);
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "testmodel.h"
 
 #include "arch.h"
 #include "model.h"
@@ -25,39 +26,6 @@
 #include "stream.h"
 
 enum { DIM = 64, HID = 96, LAYERS = 2, HEADS = 4, KV = 2, VOCAB = 32, CTX = 16 };
-
-static const char *
-namer(void *ctx, enum nesa_lm_role role, int layer, char *buf, size_t size)
-{
-	static const char *const n[] = {
-		[NESA_LM_EMBED] = "emb", [NESA_LM_ATTN_NORM] = "an", [NESA_LM_WQ] = "wq",
-		[NESA_LM_WK] = "wk", [NESA_LM_WV] = "wv", [NESA_LM_WO] = "wo", [NESA_LM_FFN_NORM] = "fn",
-		[NESA_LM_W1] = "w1", [NESA_LM_W2] = "w2", [NESA_LM_W3] = "w3", [NESA_LM_NORM] = "norm",
-		[NESA_LM_OUTPUT] = "out",
-	};
-
-	(void)ctx;
-	if ((size_t)role >= sizeof n / sizeof n[0] || n[role] == NULL)
-		return NULL;
-	if (layer < 0)
-		snprintf(buf, size, "%s", n[role]);
-	else
-		snprintf(buf, size, "%d.%s", layer, n[role]);
-	return buf;
-}
-
-static void
-add(struct nesa_tset *ts, const char *name, int64_t a, int64_t b, uint64_t *seed)
-{
-	struct nesa_tensor *t;
-	int64_t shape[2] = {a, b}, i;
-	float *d;
-
-	assert_int_equal(nesa_tset_alloc(ts, name, NESA_F32, b > 0 ? 2 : 1, shape, &t, NULL), NESA_OK);
-	d = t->data;
-	for (i = 0; i < a * (b > 0 ? b : 1); i++)
-		d[i] = b > 0 ? 0.3f * test_randf(seed) : 1.0f + 0.1f * test_randf(seed);
-}
 
 /*
  * A model built by hand: the fields nesa_model_load would fill, with a
@@ -97,21 +65,21 @@ llama(struct nesa_tset *ts)
 	int l;
 
 	nesa_tset_init(ts);
-	add(ts, "emb", VOCAB, DIM, &seed);
+	test_add_weight(ts, "emb", VOCAB, DIM, &seed);
 	for (l = 0; l < LAYERS; l++) {
-		snprintf(n, sizeof n, "%d.an", l), add(ts, n, DIM, 0, &seed);
-		snprintf(n, sizeof n, "%d.wq", l), add(ts, n, DIM, DIM, &seed);
-		snprintf(n, sizeof n, "%d.wk", l), add(ts, n, KV * DIM / HEADS, DIM, &seed);
-		snprintf(n, sizeof n, "%d.wv", l), add(ts, n, KV * DIM / HEADS, DIM, &seed);
-		snprintf(n, sizeof n, "%d.wo", l), add(ts, n, DIM, DIM, &seed);
-		snprintf(n, sizeof n, "%d.fn", l), add(ts, n, DIM, 0, &seed);
-		snprintf(n, sizeof n, "%d.w1", l), add(ts, n, HID, DIM, &seed);
-		snprintf(n, sizeof n, "%d.w2", l), add(ts, n, DIM, HID, &seed);
-		snprintf(n, sizeof n, "%d.w3", l), add(ts, n, HID, DIM, &seed);
+		snprintf(n, sizeof n, "%d.an", l), test_add_weight(ts, n, DIM, 0, &seed);
+		snprintf(n, sizeof n, "%d.wq", l), test_add_weight(ts, n, DIM, DIM, &seed);
+		snprintf(n, sizeof n, "%d.wk", l), test_add_weight(ts, n, KV * DIM / HEADS, DIM, &seed);
+		snprintf(n, sizeof n, "%d.wv", l), test_add_weight(ts, n, KV * DIM / HEADS, DIM, &seed);
+		snprintf(n, sizeof n, "%d.wo", l), test_add_weight(ts, n, DIM, DIM, &seed);
+		snprintf(n, sizeof n, "%d.fn", l), test_add_weight(ts, n, DIM, 0, &seed);
+		snprintf(n, sizeof n, "%d.w1", l), test_add_weight(ts, n, HID, DIM, &seed);
+		snprintf(n, sizeof n, "%d.w2", l), test_add_weight(ts, n, DIM, HID, &seed);
+		snprintf(n, sizeof n, "%d.w3", l), test_add_weight(ts, n, HID, DIM, &seed);
 	}
-	add(ts, "norm", DIM, 0, &seed);
-	add(ts, "out", VOCAB, DIM, &seed);
-	return nesa_llama_graph(&hp, namer, NULL, "tiny");
+	test_add_weight(ts, "norm", DIM, 0, &seed);
+	test_add_weight(ts, "out", VOCAB, DIM, &seed);
+	return nesa_llama_graph(&hp, test_lm_namer, NULL, "tiny");
 }
 
 static const struct nesa_quantize_stat *
@@ -167,8 +135,8 @@ test_tensor(void **state)
 	(void)state;
 	nesa_tset_init(&src);
 	nesa_tset_init(&dst);
-	add(&src, "w", 4, 96, &seed);
-	add(&src, "odd", 3, 172, &seed);
+	test_add_weight(&src, "w", 4, 96, &seed);
+	test_add_weight(&src, "odd", 3, 172, &seed);
 	t = nesa_tset_find(&src, "w");
 	assert_int_equal(nesa_quantize_tensor(t, NESA_Q8_0, &dst, &st, &err), NESA_OK);
 	q = nesa_tset_find(&dst, "w");
@@ -226,7 +194,7 @@ test_refusals(void **state)
 	(void)state;
 	nesa_tset_init(&src);
 	nesa_tset_init(&dst);
-	add(&src, "layers.0.wq", 4, 64, &seed);
+	test_add_weight(&src, "layers.0.wq", 4, 64, &seed);
 	t = nesa_tset_find(&src, "layers.0.wq");
 	d = t->data;
 	/* A failed conversion may leave a partial tensor in dst: a fresh set each time. */
